@@ -1,0 +1,108 @@
+"""pg-node-agent: run | check-config | status | version | demo | repack plan | archive check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from agent import __version__
+from agent.core.config import DEFAULT_PATH, EX_CONFIG, Config, ConfigError, load, reference_markdown
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pg-node-agent", description="The agent beside Patroni on each node.")
+    p.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH, help=f"config file (default {DEFAULT_PATH})")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run the agent (systemd Type=notify)")
+    cc = sub.add_parser("check-config", help="validate the config file; exit 78 naming the bad key")
+    cc.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown)")
+    st = sub.add_parser("status", help="show a running agent's /status")
+    st.add_argument("--url", help="agent base URL (default: http.listen of the config)")
+    st.add_argument("--json", action="store_true", help="raw JSON")
+    sub.add_parser("version", help="print the version")
+    demo = sub.add_parser("demo", help="start a local demo cluster (etcd, 3 Patroni nodes, an agent each)")
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--no-switchover", action="store_true")
+    demo.add_argument("--keep", action="store_true", help="keep the run directory")
+    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
+    rp = sub.add_parser("repack", help="pg_repack windows")
+    rsub = rp.add_subparsers(dest="repack_cmd", required=True, metavar="SUBCOMMAND")
+    rsub.add_parser("plan", help="show what the next window would repack and which guard would stop it now")
+    ar = sub.add_parser("archive", help="WAL archive checks")
+    asub = ar.add_subparsers(dest="archive_cmd", required=True, metavar="SUBCOMMAND")
+    asub.add_parser("check", help="run the archive checks once; exit 1 when unhealthy")
+    return p
+
+
+def _load(path: Path) -> Config:
+    return load(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "version":
+            print(__version__)
+            return 0
+        if args.cmd == "demo":
+            from agent.lab.demo import main as demo_main
+
+            return demo_main(nodes=args.nodes, switchover=not args.no_switchover, keep=args.keep,
+                             duration=args.duration)
+        if args.cmd == "check-config" and args.reference:
+            sys.stdout.write(reference_markdown())
+            return 0
+        cfg = _load(args.config)
+        if args.cmd == "check-config":
+            print(f"{args.config}: OK")
+            return 0
+        if args.cmd == "run":
+            from agent.app import run
+
+            return run(cfg)
+        if args.cmd == "status":
+            return _status(cfg, args.url, args.json)
+        if args.cmd == "repack":
+            from agent.repack.plan import main as plan_main
+
+            return plan_main(cfg)
+        if args.cmd == "archive":
+            from agent.archive.cli import main as archive_main
+
+            return archive_main(cfg)
+    except ConfigError as e:
+        print(f"pg-node-agent: config error: {e}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _status(cfg: Config, url: str | None, raw: bool) -> int:
+    scheme = "https" if cfg.http.tls_cert_file else "http"
+    base = url or f"{scheme}://{cfg.http.listen}"
+    try:
+        with urllib.request.urlopen(f"{base.rstrip('/')}/status", timeout=5) as r:  # noqa: S310
+            body = json.load(r)
+    except (urllib.error.URLError, OSError) as e:
+        print(f"pg-node-agent: cannot reach the agent at {base}: {e}", file=sys.stderr)
+        return 1
+    if raw:
+        print(json.dumps(body, indent=2, sort_keys=True))
+        return 0
+    s = body.get("state", {})
+    print(f"node {body.get('node')} (scope {body.get('scope')}), agent {body.get('version')}")
+    print(f"  role {s.get('role')}  leader {s.get('leader')}  view {s.get('leader_view')}  "
+          f"confirmed primary {s.get('confirmed_primary')}")
+    print(f"  etcd {'up' if s.get('dcs_up') else 'DOWN'}  patroni {'up' if s.get('patroni_up') else 'DOWN'}  "
+          f"postgres {'up' if s.get('postgres_up') else 'DOWN'}  failover pending {s.get('failover_pending')}")
+    if s.get("disagreement"):
+        print(f"  DISAGREEMENT: {s['disagreement']}")
+    for name, c in sorted(body.get("components", {}).items()):
+        print(f"  {name:<14} {'up' if c.get('up') else 'DOWN':<5} restarts {c.get('restarts')}  "
+              f"heartbeat {c.get('heartbeat_age_seconds')} s  {c.get('last_error') or ''}")
+    return 0

@@ -1,0 +1,145 @@
+"""/metrics, /health and /status as a small ASGI app served by Hypercorn inside the agent's
+task group (Hypercorn runs on asyncio, handles TLS, keep-alive and HTTP/1.1 properly, and
+stops through a shutdown trigger instead of grabbing signals, so it fits the supervisor).
+
+Scrapes only render memory: collectors read NodeState and the jobs' counters, never a database.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import bcrypt
+import structlog
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+log = structlog.get_logger("http")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Api:
+    def __init__(self, registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]],
+                 status: Callable[[], dict[str, Any]], users: dict[str, str]) -> None:
+        self.registry = registry
+        self.health = health
+        self.status = status
+        self.users = users
+        self._verified: set[bytes] = set()  # digests of credentials already checked (bcrypt is slow)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope["headers"]}
+        if self.users and not await self._authorized(headers.get("authorization", "")):
+            await _respond(send, 401, b"unauthorized\n", "text/plain",
+                           [(b"www-authenticate", b'Basic realm="pg-node-agent"')])
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed\n", "text/plain")
+            return
+        path = scope["path"]
+        if path == "/metrics":
+            encoder, ctype = choose_encoder(headers.get("accept", ""))
+            await _respond(send, 200, encoder(self.registry), ctype)
+        elif path == "/health":
+            ok, body = self.health()
+            await _respond(send, 200 if ok else 503, _json(body), "application/json")
+        elif path == "/status":
+            await _respond(send, 200, _json(self.status()), "application/json")
+        else:
+            await _respond(send, 404, b"not found\n", "text/plain")
+
+    async def _authorized(self, header: str) -> bool:
+        if not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        stored = self.users.get(user)
+        if stored is None:
+            return False
+        digest = hashlib.sha256(f"{user}\0{password}\0{stored}".encode()).digest()
+        if digest in self._verified:
+            return True
+        if stored.startswith("sha256:"):
+            ok = hmac.compare_digest(hashlib.sha256(password.encode()).hexdigest(), stored[7:])
+        else:  # bcrypt is deliberately slow: keep it off the event loop
+            ok = await anyio.to_thread.run_sync(bcrypt.checkpw, password.encode(), stored.encode())
+        if ok:
+            self._verified.add(digest)
+        return ok
+
+
+def _json(body: Any) -> bytes:
+    return json.dumps(body, default=str, sort_keys=True).encode() + b"\n"
+
+
+async def _respond(send: Send, code: int, body: bytes, ctype: str,
+                   extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": code, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+def bind(listen: str) -> socket.socket:
+    """Bind before serving so a busy port fails at start with a clear message."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(app: Api, sock: socket.socket, certfile: str = "", keyfile: str = "", *,
+                task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    from hypercorn.asyncio import serve as hyper_serve
+    from hypercorn.config import Config as HyperConfig
+
+    hc = HyperConfig()
+    hc.bind = [f"fd://{sock.fileno()}"]
+    hc.accesslog = None
+    hc.errorlog = None
+    hc.graceful_timeout = 1.0
+    hc.keep_alive_timeout = 30
+    if certfile:
+        hc.certfile, hc.keyfile = certfile, keyfile
+    stop = anyio.Event()
+
+    async def _serve() -> None:
+        # Hypercorn stops through its shutdown trigger, not through cancellation.
+        with anyio.CancelScope(shield=True):
+            await hyper_serve(app, hc, shutdown_trigger=stop.wait, mode="asgi")  # type: ignore[arg-type]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_serve)
+        task_status.started()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            stop.set()
+            sock.detach()  # Hypercorn owns (and closes) the fd it was handed

@@ -1,0 +1,45 @@
+"""A tiny JSON-over-HTTP client for the lab (stdlib only, proxies from the environment ignored).
+
+Lab code polls local REST APIs in loops with deadlines; a failed request is an answer
+("not yet"), so every helper returns a status instead of raising on HTTP errors.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def request(method: str, url: str, body: Any = None, timeout: float = 2.0) -> tuple[int, Any]:
+    """Return (status, decoded JSON or text). Status 0 means no HTTP answer at all."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - lab URLs are http://127.0.0.1
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with _opener.open(req, timeout=timeout) as resp:
+            return resp.status, _decode(resp.read())
+    except urllib.error.HTTPError as e:
+        return e.code, _decode(e.read())
+    except (OSError, TimeoutError):
+        return 0, None
+
+
+def get(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    return request("GET", url, timeout=timeout)
+
+
+def post(url: str, body: Any = None, timeout: float = 2.0) -> tuple[int, Any]:
+    return request("POST", url, body if body is not None else {}, timeout=timeout)
+
+
+def _decode(raw: bytes) -> Any:
+    text = raw.decode("utf-8", "replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text

@@ -1,0 +1,216 @@
+"""One Patroni node (PostgreSQL 15 under Patroni 4, etcd3 DCS) as the lab user.
+
+Patroni's YAML config is written as JSON (YAML is a superset), so the lab needs no YAML library.
+The node's directory is its unix socket directory too: the agent and the tests (root) connect
+there with peer auth, mapped by `pg_ident` map `lab` to the role `postgres`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.lab import http
+from agent.lab.ports import free_port
+from agent.lab.procs import Proc, chown_to_lab_user, descendants, pid_alive, signal_pids, wait_until
+from agent.lab.rundir import lab_subdir
+
+PATRONI_BIN = Path("/opt/pg-node-agent-lab/patroni-venv/bin/patroni")
+PATRONICTL_BIN = PATRONI_BIN.with_name("patronictl")
+PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+
+SUPERUSER = "postgres"
+LAB_PASSWORD = "lab-secret"  # loopback-only lab; the agent itself uses peer auth
+
+PG_HBA = [
+    "local all all peer map=lab",
+    "host replication all 127.0.0.1/32 scram-sha-256",
+    "host all all 127.0.0.1/32 scram-sha-256",
+]
+PG_IDENT = ["lab root postgres", "lab pgtest postgres", "lab pgtest pgtest"]
+
+
+@dataclass(frozen=True, slots=True)
+class PatroniSettings:
+    """What the three nodes of a cluster share."""
+
+    scope: str = "lab"
+    namespace: str = "/service"
+    etcd_url: str = "http://127.0.0.1:2379"
+    archive_dir: Path = Path("/tmp/pgna-archive")
+    ttl: int = 20
+    loop_wait: int = 2
+    retry_timeout: int = 3
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class PatroniNode:
+    def __init__(self, run_dir: Path, name: str, settings: PatroniSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.dir = lab_subdir(run_dir, name)
+        self.socket_dir = self.dir
+        self.data_dir = self.dir / "data"
+        self.pg_port = free_port()
+        self.rest_port = free_port()
+        self.config_path = self.dir / "patroni.yml"
+        self._write_config()
+        self.patroni_proc = Proc(
+            f"patroni-{name}",
+            [str(PATRONI_BIN), str(self.config_path)],
+            run_dir / f"patroni-{name}.log",
+            as_lab_user=True,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.dir)},
+            cwd=self.dir,
+            accessible=self._rest_answers,
+        )
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def _config(self) -> dict[str, Any]:
+        s = self.settings
+        archive_command = f"test ! -f {s.archive_dir}/%f && cp %p {s.archive_dir}/%f"
+        return {
+            "scope": s.scope,
+            "namespace": s.namespace.rstrip("/") + "/",
+            "name": self.name,
+            "log": {"level": "INFO"},
+            "restapi": {
+                "listen": f"127.0.0.1:{self.rest_port}",
+                "connect_address": f"127.0.0.1:{self.rest_port}",
+            },
+            "etcd3": {"hosts": [s.etcd_url.removeprefix("http://")]},
+            "bootstrap": {
+                "dcs": {
+                    "ttl": s.ttl,
+                    "loop_wait": s.loop_wait,
+                    "retry_timeout": s.retry_timeout,
+                    "maximum_lag_on_failover": 16 * 1024 * 1024,
+                    "postgresql": {
+                        "use_pg_rewind": True,
+                        "use_slots": True,
+                        "parameters": {
+                            "wal_level": "replica",
+                            "wal_log_hints": "on",
+                            "hot_standby": "on",
+                            "max_wal_senders": 10,
+                            "max_replication_slots": 10,
+                            "max_connections": 50,
+                            "archive_mode": "on",
+                            "archive_command": archive_command,
+                            "archive_timeout": 0,
+                        },
+                    },
+                },
+                "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
+            },
+            "postgresql": {
+                "listen": f"127.0.0.1:{self.pg_port}",
+                "connect_address": f"127.0.0.1:{self.pg_port}",
+                "data_dir": str(self.data_dir),
+                "bin_dir": str(PG_BIN_DIR),
+                "pgpass": str(self.dir / "pgpass"),
+                "authentication": {
+                    "superuser": {"username": SUPERUSER, "password": LAB_PASSWORD},
+                    "replication": {"username": "replicator", "password": LAB_PASSWORD},
+                    "rewind": {"username": "rewinder", "password": LAB_PASSWORD},
+                },
+                "parameters": {
+                    "unix_socket_directories": str(self.socket_dir),
+                    "shared_buffers": "32MB",
+                    "shared_preload_libraries": "pg_stat_statements",
+                    **s.parameters,
+                },
+                "pg_hba": PG_HBA,
+                "pg_ident": PG_IDENT,
+            },
+            "watchdog": {"mode": "off"},
+            "tags": {},
+        }
+
+    def _write_config(self) -> None:
+        self.config_path.write_text(json.dumps(self._config(), indent=2) + "\n")
+        self.config_path.chmod(0o600)
+        chown_to_lab_user(self.config_path)
+
+    # --- process control ---
+
+    def _rest_answers(self) -> bool:
+        status, _ = http.get(f"{self.rest_url}/patroni", timeout=1.0)
+        return status in (200, 503)
+
+    def start(self, max_wait: float = 30.0) -> None:
+        """Spawn Patroni and wait for its REST API (not for PostgreSQL; the cluster waits for that)."""
+        self.patroni_proc.start(max_wait)
+
+    def spawn(self) -> None:
+        self.patroni_proc.spawn()
+
+    def postmaster_pid(self) -> int | None:
+        """The postmaster's PID from postmaster.pid, or None when PostgreSQL is not running."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def pids(self) -> list[int]:
+        """Every live process of this node: Patroni, the postmaster and all their descendants."""
+        roots = [p for p in (self.patroni_proc.pid, self.postmaster_pid()) if p is not None and pid_alive(p)]
+        found: list[int] = []
+        for root in roots:
+            for pid in [root, *descendants(root)]:
+                if pid not in found and pid_alive(pid):
+                    found.append(pid)
+        return found
+
+    def kill9_postmaster(self) -> int:
+        pid = self.postmaster_pid()
+        if pid is None:
+            raise RuntimeError(f"{self.name}: PostgreSQL is not running")
+        os.kill(pid, signal.SIGKILL)
+        return pid
+
+    def kill9_patroni(self) -> None:
+        self.patroni_proc.kill9()
+
+    def kill9_all(self) -> list[int]:
+        """Lose the node: SIGKILL Patroni, the postmaster and every backend at once. Returns the PIDs."""
+        pids = self.pids()
+        signal_pids(pids, signal.SIGKILL)
+        self.patroni_proc.kill9()  # reaps our child
+        wait_until(lambda: not any(pid_alive(p) for p in pids), 10, f"{self.name}: processes gone after kill -9")
+        return pids
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop Patroni (it shuts PostgreSQL down first), then any orphan postmaster left by a kill."""
+        self.patroni_proc.stop(timeout=timeout)
+        self._stop_orphans()
+
+    def _stop_orphans(self) -> None:
+        pm = self.postmaster_pid()
+        if pm is not None:
+            signal_pids([pm], signal.SIGQUIT)  # immediate shutdown: the lab does not care about this node's data
+            try:
+                wait_until(lambda: not pid_alive(pm), 10, f"{self.name}: orphan postmaster {pm} stopped")
+            except TimeoutError:
+                signal_pids([pm, *descendants(pm)], signal.SIGKILL)
+
+    def restart_postgres(self, timeout: float = 30.0) -> None:
+        """Restart PostgreSQL through Patroni (`POST /restart`), which waits until it is up again."""
+        status, body = http.post(f"{self.rest_url}/restart", {}, timeout=timeout)
+        if status != 200:
+            raise RuntimeError(f"{self.name}: POST /restart -> {status}: {body!r}")
+
+    def patroni_state(self) -> dict[str, Any] | None:
+        status, body = http.get(f"{self.rest_url}/patroni", timeout=1.0)
+        return body if status in (200, 503) and isinstance(body, dict) else None
+
+    def __repr__(self) -> str:
+        return f"<PatroniNode {self.name} pg={self.pg_port} rest={self.rest_port}>"
