@@ -14,40 +14,29 @@ from agent.core.supervisor import Component, Supervisor
 log = structlog.get_logger("app")
 
 
-def components(cfg: Config) -> list[Component]:
+JOBS = ("agent.cluster.component", "agent.sampler.component", "agent.archive.component",
+        "agent.repack.component")
+
+
+def components(ctx: Context) -> list[Component]:
+    """Each job module exposes `components(ctx) -> list[Component]`: it builds its metrics once,
+    here, so a restarted component reuses them, and returns nothing when the config disables it."""
+    import importlib
+
     comps: list[Component] = []
-    try:
-        from agent.cluster.component import components as cluster_components
-    except ImportError:
-        pass
-    else:
-        comps += cluster_components(cfg)
-    if cfg.sampler.enabled:
+    for mod in JOBS:
         try:
-            from agent.sampler.component import run as sampler_run
-        except ImportError:
-            pass
-        else:
-            comps.append(Component("sampler", sampler_run, heartbeat_timeout=max(60.0, 6 * cfg.sampler.interval)))
-    if cfg.archive.enabled:
-        try:
-            from agent.archive.component import run as archive_run
-        except ImportError:
-            pass
-        else:
-            comps.append(Component("archive", archive_run, heartbeat_timeout=max(60.0, 6 * cfg.archive.interval)))
-    if cfg.repack.enabled:
-        try:
-            from agent.repack.component import run as repack_run
-        except ImportError:
-            pass
-        else:
-            comps.append(Component("repack", repack_run))
+            job = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+            continue
+        comps += job.components(ctx)
     return comps
 
 
 def run(cfg: Config) -> int:
     logmod.setup(cfg.logging.level, cfg.logging.format)
     ctx = Context.create(cfg)
-    sup = Supervisor(ctx, components(cfg), Notifier())
+    sup = Supervisor(ctx, components(ctx), Notifier())
     return anyio.run(sup.run, backend="asyncio")

@@ -36,6 +36,7 @@ class NodeState:
     member: str
     leader: str | None = None
     leader_known: bool = False          # a range or watch has told us the key's state
+    last_leader: str | None = None      # the last non-empty leader name seen
     leader_revision: int = 0
     leader_changed_at: float | None = None  # wall clock, for _timestamp_seconds
     leader_changes: int = 0
@@ -104,8 +105,11 @@ def reduce(s: NodeState, ev: Event) -> NodeState:
         case LeaderChanged(leader=leader, revision=rev):
             if rev and rev < s.leader_revision:
                 return s  # older than what we applied: a replay
-            changed = s.leader_known and leader != s.leader
+            # a change is a *new* leader name: a switchover's DELETE then PUT counts once, and the
+            # same leader re-taking an expired key counts not at all
+            changed = leader is not None and s.last_leader is not None and leader != s.last_leader
             return replace(s, leader=leader, leader_known=True, leader_revision=rev,
+                           last_leader=leader if leader is not None else s.last_leader,
                            leader_changes=s.leader_changes + (1 if changed else 0),
                            leader_changed_at=time.time() if changed else s.leader_changed_at)
         case FailoverPending(pending=p, candidate=c):

@@ -66,6 +66,7 @@ class Supervisor:
     backoff_max: float = 60.0
     health: dict[str, _Health] = field(default_factory=dict)
     ready: bool = False
+    exit_code: int = 0
     started_wall: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,7 @@ class Supervisor:
         log.info("agent_starting", version=__version__, config=cfg.source, node=cfg.node.name,
                  listen=cfg.http.listen)
         async with anyio.create_task_group() as root:
+            self._root = root.cancel_scope
             root.start_soon(self._signals, root.cancel_scope)
             await root.start(http.serve, api, sock, cfg.http.tls_cert_file, cfg.http.tls_key_file)
             started = {c.name: anyio.Event() for c in self.components}
@@ -99,7 +101,7 @@ class Supervisor:
             self.notifier.send("READY=1", f"STATUS={self.status_line()}")
             log.info("agent_ready", components=[c.name for c in self.components], pending=pending)
             root.start_soon(self._status_updates)
-        return 0
+        return self.exit_code
 
     async def _supervise(self, comp: Component, started: anyio.Event) -> None:
         h = self.health[comp.name]
@@ -112,6 +114,11 @@ class Supervisor:
                 await comp.run(self.ctx, task_status=_Started(started))
                 blog.warning("component_returned")
                 h.last_error = "returned"
+            except config_mod.ConfigError as e:
+                blog.error("config_error", error=str(e), key=e.key)
+                self.exit_code = config_mod.EX_CONFIG
+                self._root.cancel()
+                return
             except Exception as e:
                 blog.exception("component_failed", retry_in_seconds=delay)
                 h.last_error = f"{type(e).__name__}: {e}"[:300]

@@ -137,9 +137,7 @@ class Cluster:
 
         wait_until(check, timeout, "1 leader running + replicas streaming", 0.2, detail=self._summary)
 
-    def wait_for_leader(
-        self, predicate: Callable[[str], bool] = bool, timeout: float = 60.0
-    ) -> str:
+    def wait_for_leader(self, predicate: Callable[[str], bool] = bool, timeout: float = 60.0) -> str:
         """Wait until Patroni reports a single leader satisfying `predicate(name)`; return its name."""
         box: list[str | None] = [None]
 
@@ -148,8 +146,7 @@ class Cluster:
             return box[0] is not None and predicate(box[0])
 
         wait_until(check, timeout, "leader matching predicate", 0.1, detail=self._summary)
-        assert box[0] is not None
-        return box[0]
+        return str(box[0])
 
     def _summary(self) -> object:
         cj = self.cluster_json()
@@ -189,14 +186,20 @@ class Cluster:
 
     # --- SQL ---
 
-    def psql(self, node: PatroniNode | str, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+    def psql(
+        self, node: PatroniNode | str, sql: str, params: Sequence[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         """Run one statement over the node's socket as `postgres` (peer auth) and return its rows."""
         return psql(self.node(node) if isinstance(node, str) else node, sql, params)
 
 
 def connect(node: PatroniNode, dbname: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
     return psycopg.connect(
-        host=str(node.socket_dir), port=node.pg_port, user="postgres", dbname=dbname, autocommit=True,
+        host=str(node.socket_dir),
+        port=node.pg_port,
+        user="postgres",
+        dbname=dbname,
+        autocommit=True,
         connect_timeout=3,
     )
 

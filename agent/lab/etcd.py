@@ -113,7 +113,7 @@ class Etcd:
         return int(self._call("kv/range", {"key": _b64("\0")})["header"]["revision"])
 
     def compact(self, revision: int | None = None) -> int:
-        """Compact history up to `revision` (default: the current one); watches from before it get canceled."""
+        """Compact history up to `revision` (default: now); watches from before it are canceled."""
         rev = self.revision() if revision is None else revision
         self._call("kv/compaction", {"revision": str(rev), "physical": True})
         return rev

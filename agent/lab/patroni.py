@@ -24,7 +24,7 @@ PATRONICTL_BIN = PATRONI_BIN.with_name("patronictl")
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 
 SUPERUSER = "postgres"
-LAB_PASSWORD = "lab-secret"  # loopback-only lab; the agent itself uses peer auth
+LAB_PASSWORD = "lab-secret"  # noqa: S105 - loopback-only lab; the agent itself uses peer auth
 
 PG_HBA = [
     "local all all peer map=lab",
@@ -185,7 +185,9 @@ class PatroniNode:
         pids = self.pids()
         signal_pids(pids, signal.SIGKILL)
         self.patroni_proc.kill9()  # reaps our child
-        wait_until(lambda: not any(pid_alive(p) for p in pids), 10, f"{self.name}: processes gone after kill -9")
+        wait_until(
+            lambda: not any(pid_alive(p) for p in pids), 10, f"{self.name}: processes gone after kill -9"
+        )
         return pids
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -196,7 +198,9 @@ class PatroniNode:
     def _stop_orphans(self) -> None:
         pm = self.postmaster_pid()
         if pm is not None:
-            signal_pids([pm], signal.SIGQUIT)  # immediate shutdown: the lab does not care about this node's data
+            signal_pids(
+                [pm], signal.SIGQUIT
+            )  # immediate shutdown: the lab does not care about this node's data
             try:
                 wait_until(lambda: not pid_alive(pm), 10, f"{self.name}: orphan postmaster {pm} stopped")
             except TimeoutError:

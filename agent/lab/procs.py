@@ -9,6 +9,7 @@ their own session, so a Ctrl-C in the terminal reaches the lab, which then stops
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import pwd
 import signal
@@ -57,16 +58,16 @@ def wait_until(
 
 
 async def await_until(
-    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1
+    predicate: Callable[[], object], within: float, what: str, interval: float = 0.1
 ) -> object:
     """`wait_until` for async tests: the predicate runs in a worker thread, the wait yields to the loop."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await asyncio.to_thread(predicate)
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise LabTimeout(f"{what}: not within {timeout:.1f}s")
+            raise LabTimeout(f"{what}: not within {within:.1f}s")
         await asyncio.sleep(interval)
 
 
@@ -107,10 +108,8 @@ def descendants(pid: int) -> list[int]:
 
 def signal_pids(pids: Sequence[int], sig: signal.Signals) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def pss_kib(pid: int) -> int:
@@ -219,12 +218,15 @@ class Proc:
         self._reap()
 
     def pause(self) -> None:
-        assert self.pid is not None
-        os.kill(self.pid, signal.SIGSTOP)
+        os.kill(self._live_pid(), signal.SIGSTOP)
 
     def resume(self) -> None:
-        assert self.pid is not None
-        os.kill(self.pid, signal.SIGCONT)
+        os.kill(self._live_pid(), signal.SIGCONT)
+
+    def _live_pid(self) -> int:
+        if self.popen is None or self.popen.poll() is not None:
+            raise RuntimeError(f"{self.name} is not running")
+        return self.popen.pid
 
     def _reap(self) -> None:
         if self._log is not None:

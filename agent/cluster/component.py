@@ -1,0 +1,31 @@
+"""Job 1: cluster watch (etcd), Patroni REST, pg_is_in_recovery(), watchdog feeding and hooks."""
+
+from __future__ import annotations
+
+from agent.cluster import hooks, patroni_api, pg_role
+from agent.cluster.etcd import Etcd
+from agent.cluster.keys import Keys
+from agent.cluster.watch import ClusterWatch
+from agent.cluster.watchdog.feeder import Feeder, WatchdogMetrics
+from agent.core.context import Context
+from agent.core.supervisor import Component
+
+
+def components(ctx: Context) -> list[Component]:
+    cfg = ctx.config
+    etcd = Etcd(cfg.etcd.endpoints, cfg.etcd.timeout, cfg.etcd.watch_deadline,
+                cfg.etcd.ca_file, cfg.etcd.cert_file, cfg.etcd.key_file)
+    watch = ClusterWatch(ctx, etcd, Keys(cfg.etcd.namespace, cfg.etcd.scope))
+    ctx.status_sections["cluster_watch"] = lambda: {
+        "endpoint": etcd.endpoint, "revision": watch.cache.revision, "stream_deaths": watch.stream_deaths,
+        "resyncs": watch.resyncs}
+    feeder = Feeder(ctx, WatchdogMetrics(ctx.registry))
+    comps = [
+        Component("cluster_watch", watch.run),
+        Component("patroni_api", patroni_api.run),
+        Component("pg_role", pg_role.run),
+        Component("watchdog", feeder.run),
+    ]
+    if cfg.hooks:
+        comps.append(Component("hooks", hooks.run, heartbeat_timeout=float("inf")))
+    return comps

@@ -1,0 +1,166 @@
+"""The only module that talks to etcd.
+
+Unary calls (range, lease, txn) go through etcd3gw in a worker thread with a timeout. The watch
+is NOT etcd3gw's: its watcher hangs forever on compaction, an etcd restart or a frozen etcd
+(measured). We stream the gateway's /v3/watch ourselves with httpx, in the event loop, under a
+per-message deadline; etcd's progress notifications keep a healthy idle stream talking.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import etcd3gw
+import httpx
+
+from agent.cluster.keys import KeyValue
+
+
+class EtcdUnavailable(Exception):
+    """No endpoint answered (or the answer was not usable)."""
+
+
+class WatchDied(Exception):
+    """The stream ended: error frame, cancel, EOF, bad JSON or deadline. One path handles all."""
+
+
+class Compacted(WatchDied):
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (compact_revision={compact_revision})")
+        self.compact_revision = compact_revision
+
+
+def b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
+def unb64(s: str) -> str:
+    return base64.b64decode(s).decode(errors="replace")
+
+
+def prefix_end(prefix: str) -> str:
+    b = bytearray(prefix.encode())
+    b[-1] += 1
+    return bytes(b).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    revision: int  # header revision of the message
+    changes: tuple[KeyValue, ...]  # empty for progress notifications and `created`
+
+
+class Etcd:
+    def __init__(self, endpoints: list[str], timeout: float, watch_deadline: float,
+                 ca_file: str = "", cert_file: str = "", key_file: str = "") -> None:
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+        self.watch_deadline = watch_deadline
+        self._tls = (ca_file, cert_file, key_file)
+        self._current = 0
+        self._clients: dict[str, etcd3gw.Etcd3Client] = {}
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[self._current]
+
+    def rotate(self) -> None:
+        self._current = (self._current + 1) % len(self.endpoints)
+
+    def client(self, endpoint: str | None = None) -> etcd3gw.Etcd3Client:
+        ep = endpoint or self.endpoint
+        c = self._clients.get(ep)
+        if c is None:
+            u = urlsplit(ep)
+            ca, cert, key = self._tls
+            c = etcd3gw.Etcd3Client(host=u.hostname or "127.0.0.1", port=u.port or 2379,
+                                    protocol=u.scheme or "http", ca_cert=ca or None, cert_cert=cert or None,
+                                    cert_key=key or None, timeout=self.timeout, api_path="/v3/")
+            self._clients[ep] = c
+        return c
+
+    async def _post(self, path: str, body: dict[str, Any]) -> Any:
+        """One unary call, trying each endpoint once starting at the current one."""
+        errors = []
+        for _ in self.endpoints:
+            c = self.client()
+            try:
+                with anyio.fail_after(self.timeout + 1):
+                    return await anyio.to_thread.run_sync(
+                        lambda: c.post(c.get_url(path), json=body), abandon_on_cancel=True)
+            except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError) as e:
+                errors.append(f"{self.endpoint}: {type(e).__name__}")
+                self.rotate()
+        raise EtcdUnavailable("; ".join(errors))
+
+    async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
+        """Linearizable range over a prefix: (header revision, key values)."""
+        r = await self._post("/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
+        rev = int(r["header"]["revision"])
+        kvs = [KeyValue(unb64(kv["key"]), unb64(kv.get("value", "")), int(kv["mod_revision"]))
+               for kv in r.get("kvs", [])]
+        return rev, kvs
+
+    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Yield messages of one watch stream; raise WatchDied (or Compacted) when it ends."""
+        body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
+                                   "start_revision": str(start_revision), "progress_notify": True}}
+        ca, cert, key = self._tls
+        timeout = httpx.Timeout(self.timeout, read=self.watch_deadline)
+        async with httpx.AsyncClient(timeout=timeout, verify=ca or True,
+                                     cert=(cert, key) if cert else None) as http:
+            try:
+                async with http.stream("POST", f"{self.endpoint}/v3/watch", json=body) as resp:
+                    if resp.status_code != 200:
+                        raise WatchDied(f"HTTP {resp.status_code}")
+                    lines = resp.aiter_lines()
+                    while True:
+                        with anyio.fail_after(self.watch_deadline):
+                            try:
+                                line = await lines.__anext__()
+                            except StopAsyncIteration:
+                                raise WatchDied("stream ended (EOF)") from None
+                        if not line.strip():
+                            continue
+                        yield _parse(line)
+            except TimeoutError:
+                raise WatchDied(f"no message within {self.watch_deadline:g}s") from None
+            except httpx.HTTPError as e:
+                raise WatchDied(f"{type(e).__name__}: {e}") from None
+
+
+def _parse(line: str) -> WatchEvent:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        raise WatchDied("bad JSON on the watch stream") from None
+    if "error" in msg:
+        err = msg["error"]
+        raise WatchDied(f"error frame: {err.get('message', err) if isinstance(err, dict) else err}")
+    res = msg.get("result")
+    if not isinstance(res, dict):
+        raise WatchDied("message without result")
+    if res.get("compact_revision") and int(res["compact_revision"]) > 0:
+        raise Compacted(int(res["compact_revision"]))
+    if res.get("canceled"):
+        raise WatchDied(f"watch canceled: {res.get('cancel_reason', '')}")
+    rev = int(res.get("header", {}).get("revision", 0))
+    changes = []
+    for ev in res.get("events", []):
+        kv = ev["kv"]
+        deleted = ev.get("type") == "DELETE"
+        changes.append(KeyValue(unb64(kv["key"]), None if deleted else unb64(kv.get("value", "")),
+                                int(kv["mod_revision"])))
+    return WatchEvent(rev, tuple(changes))
+
+
+def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
+    """Full jitter: spread reconnects of many agents after an etcd outage."""
+    return random.uniform(base, min(cap, base * 2 ** attempt))  # noqa: S311

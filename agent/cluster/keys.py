@@ -1,0 +1,65 @@
+"""Patroni's key layout in etcd and the parsers of its values; raw JSON stays in this module."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    namespace: str
+    scope: str
+
+    @property
+    def prefix(self) -> str:
+        ns = "/" + self.namespace.strip("/") if self.namespace.strip("/") else ""
+        return f"{ns}/{self.scope}/"
+
+    @property
+    def leader(self) -> str:
+        return self.prefix + "leader"
+
+    @property
+    def failover(self) -> str:
+        return self.prefix + "failover"
+
+    @property
+    def members(self) -> str:
+        return self.prefix + "members/"
+
+    @property
+    def repack_lock(self) -> str:
+        return self.prefix + "pg-node-agent/repack-lock"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    value: str | None  # None: deleted
+    mod_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failover:
+    leader: str | None
+    candidate: str | None
+
+
+def parse_failover(value: str) -> Failover:
+    try:
+        d = json.loads(value)
+    except ValueError:
+        return Failover(None, None)
+    if not isinstance(d, dict):
+        return Failover(None, None)
+    return Failover(d.get("leader") or None, d.get("member") or None)
+
+
+def parse_member_role(value: str) -> str:
+    try:
+        d = json.loads(value)
+    except ValueError:
+        return "unknown"
+    role = d.get("role", "unknown") if isinstance(d, dict) else "unknown"
+    return "primary" if role == "master" else str(role)

@@ -1,0 +1,69 @@
+"""The local Patroni's own word on its role: GET /patroni, polled, and re-read at once on every
+leader event (a switchover shows in etcd a moment before Patroni's REST answer changes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import structlog
+
+from agent.cluster.wake import Waker
+from agent.core.config import ConfigError
+from agent.core.context import Context
+from agent.core.events import PatroniObserved, Role
+
+log = structlog.get_logger("patroni_api")
+
+_ROLES = {"primary": Role.PRIMARY, "master": Role.PRIMARY, "replica": Role.REPLICA,
+          "standby_leader": Role.STANDBY_LEADER, "standby-leader": Role.STANDBY_LEADER}
+
+
+def parse_patroni(body: dict[str, Any]) -> PatroniObserved:
+    role = _ROLES.get(str(body.get("role", "")), Role.UNKNOWN)
+    if body.get("state") not in ("running", "streaming", "in archive recovery"):
+        role = Role.UNKNOWN if body.get("state") in ("stopped", "crashed", "starting", None) else role
+    tl = body.get("timeline")
+    return PatroniObserved(up=True, role=role, state=str(body.get("state", "")),
+                           timeline=int(tl) if isinstance(tl, int) else None,
+                           paused=bool(body.get("pause", False)),
+                           cluster_unlocked=bool(body.get("cluster_unlocked", False)),
+                           failsafe_active=bool(body.get("failsafe_mode_is_active", False)))
+
+
+def check_identity(body: dict[str, Any], scope: str, name: str) -> None:
+    p = body.get("patroni", {})
+    if p.get("scope") and p["scope"] != scope:
+        raise ConfigError("etcd.scope", f'"{scope}" but the local Patroni serves scope "{p["scope"]}"')
+    if p.get("name") and p["name"] != name:
+        raise ConfigError("node.name", f'"{name}" but the local Patroni is member "{p["name"]}"')
+
+
+async def run(ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+    started = False
+    verified = False
+    waker = Waker()
+    async with httpx.AsyncClient() as http, anyio.create_task_group() as tg:
+        tg.start_soon(waker.follow_leader_events, ctx.bus)
+        while True:
+            cfg = ctx.config
+            ctx.liveness.beat("patroni_api")
+            try:
+                r = await http.get(f"{cfg.patroni.url.rstrip('/')}/patroni", timeout=cfg.patroni.timeout)
+                body = r.json()
+                if not isinstance(body, dict):
+                    raise ValueError("not a JSON object")
+                if not verified and cfg.patroni.verify_identity:
+                    check_identity(body, cfg.etcd.scope, cfg.node.name)
+                verified = True
+                ctx.publish(parse_patroni(body))
+            except (httpx.HTTPError, ValueError) as e:
+                if ctx.state.current.patroni_up or not started:
+                    log.warning("patroni_unreachable", url=cfg.patroni.url, error=f"{type(e).__name__}: {e}")
+                ctx.publish(PatroniObserved(up=False, role=Role.UNKNOWN))
+            if not started:
+                task_status.started()
+                started = True
+            await waker.wait(cfg.patroni.poll_interval)

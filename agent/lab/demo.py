@@ -1,0 +1,251 @@
+"""`pg-node-agent demo`: etcd, a Patroni cluster, one agent per node and a little pgbench load.
+
+After about ten seconds it asks Patroni for a switchover and prints, per agent, when its
+`/status` showed the leader and role change, next to when Patroni's REST API named the new
+leader. It runs until Ctrl-C (or `duration` seconds), then stops every process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from agent.lab.agents import Agents
+from agent.lab.cluster import Cluster
+from agent.lab.etcd import ETCD_BIN, Etcd
+from agent.lab.patroni import PATRONI_BIN, PG_BIN_DIR, PatroniNode
+from agent.lab.procs import Proc, lab_user, pid_alive, pss_kib
+from agent.lab.rundir import new_run_dir, remove_run_dir
+
+SWITCHOVER_AFTER = 10.0
+POLL = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    at: float  # time.monotonic()
+    who: str
+    what: str
+
+
+class Timeline:
+    """Changes seen by polling: each agent's /status (role, leader) and Patroni's /cluster leader."""
+
+    def __init__(self, agents: Agents, cluster: Cluster) -> None:
+        self.agents = agents
+        self.cluster = cluster
+        self.events: list[Observation] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._watch_agent, args=(a.name,), daemon=True) for a in agents
+        ] + [threading.Thread(target=self._watch_patroni, daemon=True)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(2)
+
+    def note(self, who: str, what: str) -> None:
+        with self._lock:
+            self.events.append(Observation(time.monotonic(), who, what))
+
+    def _watch_agent(self, name: str) -> None:
+        agent = self.agents[name]
+        last: dict[str, Any] = {}
+        while not self._stop.wait(POLL):
+            status = agent.status()
+            state = status.get("state") if isinstance(status, dict) else None
+            if not isinstance(state, dict):
+                continue
+            for key in ("leader", "role"):
+                value = state.get(key)
+                if key in last and last[key] != value:
+                    self.note(f"agent {name}", f"{key}: {last[key]} -> {value}")
+                last[key] = value
+
+    def _watch_patroni(self) -> None:
+        last: str | None = self.cluster.leader_name()
+        while not self._stop.wait(POLL):
+            leader = self.cluster.leader_name()
+            if leader != last:
+                self.note("patroni REST", f"/cluster leader: {last} -> {leader}")
+                last = leader
+
+    def render(self, since: float) -> str:
+        with self._lock:
+            events = sorted((e for e in self.events if e.at >= since), key=lambda e: e.at)
+        width = max((len(e.who) for e in events), default=10)
+        return "\n".join(f"  +{e.at - since:7.3f}s  {e.who:<{width}}  {e.what}" for e in events)
+
+
+def _missing() -> list[str]:
+    need = [Path(ETCD_BIN), PATRONI_BIN, PG_BIN_DIR / "postgres", PG_BIN_DIR / "pgbench"]
+    missing = [str(p) for p in need if not p.exists()]
+    if os.geteuid() == 0 and lab_user() is not None:
+        try:
+            import pwd
+
+            pwd.getpwnam(lab_user() or "")
+        except KeyError:
+            missing.append(f"OS user {lab_user()}")
+    return missing
+
+
+def _pgbench(run_dir: Path, leader: PatroniNode, *args: str) -> list[str]:
+    return [str(PG_BIN_DIR / "pgbench"), "-h", str(leader.socket_dir), "-p", str(leader.pg_port),
+            "-U", "postgres", *args, "postgres"]  # fmt: skip
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _on_term(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted
+
+
+def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: float | None = None) -> int:
+    if duration is None or duration <= 0:
+        duration = float(os.environ.get("PG_NODE_AGENT_DEMO_DURATION", "0") or 0)
+    missing = _missing()
+    if missing:
+        print("demo: missing " + ", ".join(missing))
+        installer = Path(__file__).resolve().parents[2] / ".ci" / "install"
+        if installer.exists():
+            print(f"demo: set them up with: sudo {installer}")
+        return 1
+    if os.geteuid() != 0:
+        print("demo: note: not root, so PostgreSQL runs as you; peer auth maps only root/pgtest")
+
+    t0 = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:5.1f}s] {msg}", flush=True)
+
+    run_dir = new_run_dir("pgna-demo-")
+    say(f"run directory {run_dir}")
+    old_term = signal.signal(signal.SIGTERM, _on_term)
+    etcd = Etcd(run_dir)
+    cluster = Cluster(run_dir, etcd.url, nodes=nodes, scope="demo")
+    agents = Agents(run_dir, cluster, [etcd.url])
+    pgbench = Proc("pgbench", [], run_dir / "pgbench.log")
+    timeline = Timeline(agents, cluster)
+    all_pids: list[int] = []
+    ok = False
+    try:
+        etcd.start()
+        say(f"etcd up at {etcd.url}")
+        say(f"starting {nodes} Patroni nodes (PostgreSQL 15, scope demo)")
+        cluster.start(progress=say)
+        leader = cluster.leader()
+        say(f"cluster healthy: leader {leader.name}, {nodes - 1} replicas streaming")
+        agents.start()
+        say(f"{nodes} agents healthy")
+        subprocess.run(_pgbench(run_dir, leader, "-i", "-s", "1", "-q"), check=True, timeout=120,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        pgbench.argv = _pgbench(run_dir, leader, "-c", "2", "-R", "50", "-T", "86400", "-n")
+        pgbench.spawn()
+        say("pgbench running: 2 clients, 50 tps")
+        all_pids = [p for p in [etcd.pid, *cluster.pids(), *agents.pids()] if p is not None]
+        mem = sum(pss_kib(p) for p in all_pids) / 1024
+        print()
+        print(
+            f"Lab up in {time.monotonic() - t0:.1f}s, {len(all_pids)} processes, {mem:.0f} MiB PSS. Look at:"
+        )
+        for a in agents:
+            print(f"  {a.name}: {a.url}/status  {a.url}/metrics   (log {a.proc.log_path})")
+        print(f"  patroni:  {' '.join(cluster.patronictl_argv('list'))}")
+        print(
+            f"  etcd:     ETCDCTL_API=3 etcdctl --endpoints={etcd.url} "
+            "get --prefix /service/demo/ --keys-only"
+        )
+        print(f"  psql:     psql -h {leader.socket_dir} -p {leader.pg_port} -U postgres")
+        print()
+        timeline.start()
+        deadline = time.monotonic() + duration if duration else None
+        if switchover:
+            wait = SWITCHOVER_AFTER if deadline is None else min(SWITCHOVER_AFTER, duration / 3)
+            say(f"switchover in {wait:.0f}s (Ctrl-C to stop)")
+            time.sleep(wait)
+            _do_switchover(cluster, timeline, pgbench, say)
+        say("running; Ctrl-C to stop" if deadline is None else f"running for {duration:.0f}s in total")
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.5)
+        ok = True
+    except (KeyboardInterrupt, _Interrupted):
+        print()
+        say("interrupted")
+        ok = True
+    except Exception as e:
+        say(f"demo failed: {e}")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave orphans
+        try:
+            say("stopping")
+            timeline.stop()
+            all_pids += [p for p in [etcd.pid, *cluster.pids(), *agents.pids(), pgbench.pid] if p is not None]
+            for step in (lambda: pgbench.stop(timeout=5), agents.stop, cluster.stop, etcd.stop):
+                try:  # one failing step must not leave the later processes running
+                    step()
+                except Exception as e:
+                    say(f"stop step failed: {e!r}")
+                    ok = False
+            left = sorted({p for p in all_pids if pid_alive(p)})
+            say("all processes stopped" if not left else f"still alive: {left}")
+            ok = ok and not left
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, old_term)
+        if keep or not ok:
+            say(f"kept {run_dir} (logs, configs, data)")
+        else:
+            remove_run_dir(run_dir)
+    return 0 if ok else 1
+
+
+def _do_switchover(cluster: Cluster, timeline: Timeline, pgbench: Proc, say: Any) -> None:
+    old = cluster.leader_name()
+    candidate = next(n.name for n in cluster.nodes if n.name != old)
+    say(f"switchover {old} -> {candidate} (POST /switchover)")
+    timeline.note("lab", f"POST /switchover leader={old} candidate={candidate}")
+    started = timeline.events[-1].at
+    new = cluster.switchover(candidate)
+    settle = time.monotonic() + 10
+    while time.monotonic() < settle and not _agents_agree(timeline, new, started):
+        time.sleep(0.1)
+    print(f"\nTimeline of the switchover (t=0: request sent):\n{timeline.render(started)}\n", flush=True)
+    say(f"new leader {new}")
+    if (pgbench.popen is not None and pgbench.popen.poll() is not None) or pgbench.is_running():
+        pgbench.stop(timeout=5)
+        pgbench.argv = _pgbench(
+            cluster.run_dir, cluster.node(new), "-c", "2", "-R", "50", "-T", "86400", "-n"
+        )
+        pgbench.spawn()
+        say(f"pgbench restarted against {new}")
+
+
+def _agents_agree(timeline: Timeline, leader: str, since: float) -> bool:
+    """True once every agent has logged a leader change to `leader` after `since`."""
+    seen = {
+        e.who
+        for e in timeline.events
+        if e.at >= since and e.what.endswith(f"-> {leader}") and "leader" in e.what
+    }
+    return all(f"agent {a.name}" in seen for a in timeline.agents)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

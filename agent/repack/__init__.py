@@ -1,0 +1,1 @@
+"""Job 3: guarded pg_repack windows on the confirmed primary."""

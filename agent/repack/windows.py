@@ -1,0 +1,55 @@
+"""Repack windows: a cron start plus a duration. APScheduler supplies only the fire-time arithmetic;
+the component sleeps in its own task, so there are no scheduler threads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from apscheduler.triggers.cron import CronTrigger
+
+from agent.core.config import RepackWindow
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    index: int          # position in repack.windows
+    start: datetime
+    end: datetime
+
+    @property
+    def key(self) -> str:
+        """Identifies one occurrence of a window (tables are tried at most once per occurrence)."""
+        return f"{self.index}@{self.start.isoformat()}"
+
+
+def _trigger(w: RepackWindow) -> CronTrigger:
+    return CronTrigger.from_crontab(w.cron, timezone=ZoneInfo(w.timezone))
+
+
+def _first_fire_at_or_after(w: RepackWindow, t: datetime) -> datetime | None:
+    fire: datetime | None = _trigger(w).get_next_fire_time(None, t)
+    return fire
+
+
+def active(windows: list[RepackWindow], now: datetime) -> Slot | None:
+    """The window occurrence containing `now`, if any. The first fire at or after now − duration
+    is the only one that can still be open: an earlier one has ended, a later one if ≤ now is it."""
+    best: Slot | None = None
+    for i, w in enumerate(windows):
+        dur = timedelta(seconds=float(w.duration))
+        fire = _first_fire_at_or_after(w, now - dur + timedelta(microseconds=1))
+        if fire is not None and fire <= now < fire + dur and (best is None or fire + dur > best.end):
+            best = Slot(i, fire, fire + dur)
+    return best
+
+
+def next_start(windows: list[RepackWindow], now: datetime) -> Slot | None:
+    """The next window occurrence starting after `now` (the open one is not included)."""
+    best: Slot | None = None
+    for i, w in enumerate(windows):
+        fire = _first_fire_at_or_after(w, now + timedelta(microseconds=1))
+        if fire is not None and (best is None or fire < best.start):
+            best = Slot(i, fire, fire + timedelta(seconds=float(w.duration)))
+    return best
