@@ -10,7 +10,15 @@ import urllib.request
 from pathlib import Path
 
 from agent import __version__
-from agent.core.config import DEFAULT_PATH, EX_CONFIG, Config, ConfigError, load, reference_markdown
+from agent.core.config import (
+    DEFAULT_PATH,
+    EX_CONFIG,
+    Config,
+    ConfigError,
+    example_toml,
+    load,
+    reference_markdown,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the agent (systemd Type=notify)")
     cc = sub.add_parser("check-config", help="validate the config file; exit 78 naming the bad key")
     cc.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown)")
+    cc.add_argument("--example", action="store_true", help="print a full example config (TOML)")
     st = sub.add_parser("status", help="show a running agent's /status")
     st.add_argument("--url", help="agent base URL (default: http.listen of the config)")
     st.add_argument("--json", action="store_true", help="raw JSON")
@@ -53,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return demo_main(nodes=args.nodes, switchover=not args.no_switchover, keep=args.keep,
                              duration=args.duration)
-        if args.cmd == "check-config" and args.reference:
-            sys.stdout.write(reference_markdown())
+        if args.cmd == "check-config" and (args.reference or args.example):
+            sys.stdout.write(reference_markdown() if args.reference else example_toml())
             return 0
         cfg = _load(args.config)
         if args.cmd == "check-config":

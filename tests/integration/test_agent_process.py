@@ -1,0 +1,87 @@
+"""The agent as a process: endpoints, signals, sd_notify, reload — against a real etcd."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agentproc import AgentProc
+
+from agent.lab.etcd import Etcd
+from agent.lab.procs import wait_until
+
+
+@pytest.fixture
+def agent(run_dir: Path, etcd: Etcd) -> Iterator[AgentProc]:
+    a = AgentProc(run_dir, etcd.url, scope=f"s{uuid.uuid4().hex[:8]}").start().wait_ready()
+    yield a
+    a.stop()
+
+
+def test_agent_serves_metrics_health_status_and_404(agent: AgentProc) -> None:
+    code, body = agent.get("/metrics")
+    assert code == 200 and "pgnode_dcs_up 1.0" in body and 'pgnode_up{component="cluster_watch"} 1.0' in body
+    assert agent.get("/health")[0] == 200
+    st = agent.status()
+    assert st["node"] == "node1" and st["state"]["dcs_up"] is True
+    assert set(st["components"]) >= {"cluster_watch", "patroni_api", "pg_role", "watchdog"}
+    assert agent.get("/nope")[0] == 404
+
+
+def test_sigterm_stops_the_agent_with_exit_0_within_5s(agent: AgentProc) -> None:
+    t0 = time.monotonic()
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(timeout=5) == 0
+    assert time.monotonic() - t0 < 5
+    assert any(e.get("event") == "agent_stopping" for e in agent.logs())
+
+
+def test_sighup_with_a_broken_file_keeps_the_old_config_serving(agent: AgentProc) -> None:
+    good = agent.config.read_text()
+    agent.config.write_text(good + "\n[bogus]\nkey = 1\n")
+    agent.signal(signal.SIGHUP)
+    wait_until(lambda: any(e.get("event") == "config_reload_rejected" for e in agent.logs()), 10,
+               "reload rejected", detail=agent.tail)
+    assert agent.get("/health")[0] == 200
+    assert agent.metric('pgnode_config_reloads_total{result="failure"}') == 1.0
+    rejected = next(e for e in agent.logs() if e.get("event") == "config_reload_rejected")
+    assert "bogus" in rejected["error"]
+    agent.config.write_text(good.replace('level = "info"', "") + '\n')
+    agent.signal(signal.SIGHUP)
+    wait_until(lambda: agent.metric('pgnode_config_reloads_total{result="success"}') == 1.0, 10, "reload ok")
+    assert agent.p is not None and agent.p.poll() is None
+
+
+def test_notify_socket_gets_ready_watchdog_status_and_stopping(run_dir: Path, etcd: Etcd) -> None:
+    name = f"pgnode-notify-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(15)
+        a = AgentProc(run_dir, etcd.url, env={"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "2000000"},
+                      scope=f"s{uuid.uuid4().hex[:8]}").start(wait=False)
+        try:
+            got: list[str] = []
+            deadline = time.monotonic() + 15
+            while not (any("READY=1" in m for m in got) and any(m == "WATCHDOG=1" for m in got)):
+                assert time.monotonic() < deadline, got
+                got.append(sock.recv(4096).decode())
+            ready = next(m for m in got if "READY=1" in m)
+            assert "STATUS=role=" in ready and "dcs=up" in ready
+            a.signal(signal.SIGTERM)
+            while not any("STOPPING=1" in m for m in got):
+                assert time.monotonic() < deadline + 10, got
+                got.append(sock.recv(4096).decode())
+            assert a.wait(10) == 0
+        finally:
+            a.stop()
+
+
+def test_identity_mismatch_is_not_retried_bad_config_exits_78(run_dir: Path, etcd: Etcd) -> None:
+    a = AgentProc(run_dir, etcd.url, extra='[watchdog]\ndevice = "/dev/watchdog"\n')
+    a.start(wait=False)
+    assert a.wait(30) == 78

@@ -1,0 +1,125 @@
+"""The leader watch against a real etcd: changes, outages, resets and compaction."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agentproc import AgentProc
+
+from agent.lab.etcd import Etcd
+from agent.lab.faults import TcpProxy
+from agent.lab.procs import wait_until
+
+
+def leader_of(a: AgentProc) -> str | None:
+    st = a.status()
+    return st["state"]["leader"] if st and st["state"]["dcs_up"] else "?"
+
+
+@pytest.fixture
+def scope() -> str:
+    return f"s{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def proxy(etcd: Etcd) -> Iterator[TcpProxy]:
+    with TcpProxy(etcd.client_port) as p:
+        yield p
+
+
+def test_leader_change_reaches_metrics(run_dir: Path, etcd: Etcd, scope: str) -> None:
+    etcd.put(f"/service/{scope}/leader", "node2")
+    a = AgentProc(run_dir, etcd.url, scope=scope).start().wait_ready()
+    try:
+        assert a.metric('pgnode_leader{member="node2"}') == 1.0
+        assert a.metric('pgnode_leader_view{view="other"}') == 1.0
+        etcd.put(f"/service/{scope}/leader", "node1")
+        wait_until(lambda: a.metric('pgnode_leader_view{view="me"}') == 1.0, 5, "leader view me")
+        assert a.metric("pgnode_leader_changes_total") == 1.0
+        assert a.metric("pgnode_leader_change_observed_timestamp_seconds") is not None
+        etcd.put(f"/service/{scope}/failover", '{"leader":"node1","member":"node3"}')
+        wait_until(lambda: a.metric("pgnode_failover_pending") == 1.0, 5, "failover pending")
+        events = [e for e in a.logs() if e.get("event") == "leader_changed"]
+        assert [(e["old"], e["new"]) for e in events] == [(None, "node2"), ("node2", "node1")]
+    finally:
+        a.stop()
+
+
+def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, fresh_etcd: Etcd, scope: str) -> None:
+    fresh_etcd.put(f"/service/{scope}/leader", "node2")
+    a = AgentProc(run_dir, fresh_etcd.url, scope=scope).start().wait_ready()
+    try:
+        fresh_etcd.pause()
+        try:
+            # watch_deadline 3 s + one probe (timeout 2 s): well within 10 s
+            wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 10, "dcs down after SIGSTOP", detail=a.tail)
+            assert a.metric('pgnode_leader_view{view="unknown"}') == 1.0
+            assert a.get("/health")[0] == 200  # an outage is reported, not a reason to be restarted
+        finally:
+            fresh_etcd.resume()
+        wait_until(lambda: a.metric("pgnode_dcs_up") == 1.0, 10, "dcs up after SIGCONT", detail=a.tail)
+        fresh_etcd.put(f"/service/{scope}/leader", "node3")
+        wait_until(lambda: leader_of(a) == "node3", 5, "leader node3 after resume")
+    finally:
+        a.stop()
+
+
+def test_etcd_killed_and_restarted_loses_no_leader_change(run_dir: Path, fresh_etcd: Etcd, scope: str) -> None:
+    fresh_etcd.put(f"/service/{scope}/leader", "node2")
+    a = AgentProc(run_dir, fresh_etcd.url, scope=scope).start().wait_ready()
+    try:
+        fresh_etcd.kill9()
+        wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 10, "dcs down after kill -9")
+        fresh_etcd.start()
+        fresh_etcd.put(f"/service/{scope}/leader", "node1")
+        wait_until(lambda: leader_of(a) == "node1", 15, "leader node1 after etcd restart", detail=a.tail)
+        assert a.metric("pgnode_leader_changes_total") == 1.0
+        assert a.p is not None and a.p.poll() is None
+    finally:
+        a.stop()
+
+
+def test_changes_while_connection_blackholed_are_replayed_once(run_dir: Path, etcd: Etcd, proxy: TcpProxy,
+                                                               scope: str) -> None:
+    etcd.put(f"/service/{scope}/leader", "node2")
+    a = AgentProc(run_dir, proxy.url, scope=scope).start().wait_ready()
+    try:
+        proxy.blackhole()
+        etcd.delete(f"/service/{scope}/leader")
+        etcd.put(f"/service/{scope}/leader", "node3")
+        etcd.put(f"/service/{scope}/leader", "node1")
+        wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 10, "dcs down while blackholed", detail=a.tail)
+        proxy.heal()
+        wait_until(lambda: leader_of(a) == "node1", 15, "leader node1 after heal", detail=a.tail)
+        # every intermediate leader was replayed in order, each reported exactly once
+        news = [e["new"] for e in a.logs() if e.get("event") == "leader_changed"]
+        assert news == ["node2", None, "node3", "node1"]
+        assert a.metric("pgnode_leader_changes_total") == 2.0
+        proxy.reset()  # a reset stream resumes from the last revision: no replays reported
+        etcd.put(f"/service/{scope}/members/node9", '{"role":"replica"}')
+        wait_until(lambda: any(m["name"] == "node9" for m in a.status()["state"]["members"]), 15, "member seen")
+        assert [e["new"] for e in a.logs() if e.get("event") == "leader_changed"] == news
+    finally:
+        a.stop()
+
+
+def test_compacted_revision_is_relisted_and_the_change_reported(run_dir: Path, etcd: Etcd, proxy: TcpProxy,
+                                                                 scope: str) -> None:
+    etcd.put(f"/service/{scope}/leader", "node2")
+    a = AgentProc(run_dir, proxy.url, scope=scope).start().wait_ready()
+    try:
+        proxy.blackhole()
+        etcd.put(f"/service/{scope}/leader", "node3")
+        for i in range(5):
+            etcd.put(f"/other/{scope}/noise", str(i))
+        etcd.compact()
+        wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 10, "dcs down while blackholed")
+        proxy.heal()
+        wait_until(lambda: leader_of(a) == "node3", 15, "leader node3 after compaction", detail=a.tail)
+        assert any(e.get("event") == "watch_compacted" for e in a.logs())
+        assert a.metric("pgnode_leader_changes_total") == 1.0
+    finally:
+        a.stop()

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from agent.cluster.cache import KeyCache
+from agent.cluster.etcd import Compacted, WatchDied, _parse, b64, prefix_end
+from agent.cluster.keys import KeyValue, Keys, parse_failover, parse_member_role
+
+
+def test_replayed_leader_event_after_resume_is_not_reported_twice() -> None:
+    c = KeyCache()
+    assert c.apply(KeyValue("/service/d/leader", "node1", 10)) is not None
+    assert c.apply(KeyValue("/service/d/leader", "node1", 10)) is None
+    assert c.apply(KeyValue("/service/d/leader", None, 9)) is None
+
+
+def test_stale_listing_after_a_newer_event_changes_nothing() -> None:
+    c = KeyCache()
+    c.apply(KeyValue("/s/d/leader", "node2", 12))
+    assert c.sync(11, [KeyValue("/s/d/leader", "node1", 5)]) == []
+    assert c.value("/s/d/leader") == "node2"
+
+
+def test_listing_after_compaction_reports_what_changed_while_away() -> None:
+    c = KeyCache()
+    c.sync(10, [KeyValue("/s/d/leader", "node1", 3), KeyValue("/s/d/failover", "{}", 9)])
+    changes = c.sync(50, [KeyValue("/s/d/leader", "node3", 40)])
+    assert {(ch.key, ch.old, ch.new) for ch in changes} == {
+        ("/s/d/leader", "node1", "node3"), ("/s/d/failover", "{}", None)}
+    assert c.revision == 50
+
+
+def test_watch_messages_parse_events_progress_and_deaths() -> None:
+    put = ('{"result":{"header":{"revision":"7"},"events":[{"kv":{"key":"%s","mod_revision":"7",'
+           '"value":"%s"}}]}}' % (b64("/s/d/leader"), b64("node2")))
+    ev = _parse(put)
+    assert ev.revision == 7 and ev.changes == (KeyValue("/s/d/leader", "node2", 7),)
+    dele = ('{"result":{"header":{"revision":"8"},"events":[{"type":"DELETE","kv":{"key":"%s",'
+            '"mod_revision":"8"}}]}}' % b64("/s/d/leader"))
+    assert _parse(dele).changes == (KeyValue("/s/d/leader", None, 8),)
+    assert _parse('{"result":{"header":{"revision":"9"}}}').changes == ()
+    with pytest.raises(Compacted):
+        _parse('{"result":{"header":{"revision":"9"},"canceled":true,"compact_revision":"6"}}')
+    with pytest.raises(WatchDied, match="error frame"):
+        _parse('{"error":{"grpc_code":14,"message":"transport is closing"}}')
+    with pytest.raises(WatchDied, match="bad JSON"):
+        _parse('{"result":')
+
+
+def test_keys_follow_patroni_layout() -> None:
+    k = Keys("/service", "demo")
+    assert (k.leader, k.failover, k.members) == ("/service/demo/leader", "/service/demo/failover",
+                                                  "/service/demo/members/")
+    assert Keys("service/", "x").prefix == "/service/x/"
+    assert prefix_end("/a/") == "/a0"
+    assert parse_failover('{"leader":"n1","member":"n2"}').candidate == "n2"
+    assert parse_member_role('{"role":"master"}') == "primary"

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.core import config
+from agent.core.config import ConfigError, Duration
+
+ROOT = Path(__file__).resolve().parents[3]
+MINIMAL = '[node]\nname = "node1"\n[etcd]\nscope = "demo"\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "agent.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize(("text", "dur"), [("30s", 30), ("500ms", 0.5), ("2h", 7200), ("1h30m", 5400), ("1d", 86400)])
+def test_duration_strings_parse_to_seconds(text: str, dur: float) -> None:
+    assert Duration.parse(text) == pytest.approx(dur)
+
+
+BAD = [
+    ('[node]\nname = "n"\n[etcd]\nscope = "s"\nbogus = 1\n', "etcd.bogus", "unknown key"),
+    ('[node]\nname = "n"\n', "etcd", "required key is missing"),
+    ('[etcd]\nscope = "s"\n', "node", "required key is missing"),
+    (MINIMAL + '[patroni]\npoll_interval = "5 parsecs"\n', "patroni.poll_interval", "invalid duration"),
+    (MINIMAL + '[patroni]\npoll_interval = true\n', "patroni.poll_interval", "duration"),
+    (MINIMAL + '[postgres]\nport = "5432"\n', "postgres.port", "expected an integer"),
+    (MINIMAL + '[postgres]\nport = 70000\n', "postgres.port", "out of range"),
+    (MINIMAL + '[http]\nlisten = "9188"\n', "http.listen", "host:port"),
+    (MINIMAL + '[sampler]\nsource = "pg_stat_activity"\n', "sampler.source", "must be one of"),
+    (MINIMAL + '[sampler]\nlabels = ["datname", "query"]\n', "sampler.labels[1]", "unknown label"),
+    (MINIMAL + '[[repack.windows]]\ncron = "0 2 * * *"\nduration = "2h"\n'
+     '[[repack.windows]]\ncron = "61 * * * *"\nduration = "1h"\n',
+     "repack.windows[1].cron", 'invalid cron expression "61 * * * *"'),
+    (MINIMAL + '[[repack.windows]]\ncron = "0 2 * * *"\n', "repack.windows[0].duration", "required key"),
+    (MINIMAL + '[[repack.windows]]\ncron = "0 2 * * *"\nduration = "1h"\ntimezone = "Mars/Olympus"\n',
+     "repack.windows[0].timezone", "unknown time zone"),
+    (MINIMAL + '[watchdog]\ndevice = "/dev/watchdog"\n', "watchdog.device", "Patroni"),
+    (MINIMAL + '[[hooks]]\ncommand = ["vip-up"]\n', "hooks[0].command[0]", "absolute path"),
+    (MINIMAL + '[etcd]\n', "", "not valid TOML"),
+    (MINIMAL + '[http]\nbasic_auth_users = { ops = "plaintext" }\n', "http.basic_auth_users.ops", "bcrypt"),
+    (MINIMAL + '[logging]\nlevel = "verbose"\n', "logging.level", "must be one of"),
+]
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), BAD)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        config.load(write(tmp_path, text))
+    assert ei.value.key == key
+    assert fragment in str(ei.value)
+
+
+@pytest.mark.parametrize(("text", "key", "fragment"), BAD[:12])
+def test_check_config_exits_78_naming_the_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:
+    p = write(tmp_path, text)
+    r = subprocess.run([sys.executable, "-m", "agent", "-c", str(p), "check-config"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 78
+    assert key in r.stderr and fragment in r.stderr
+
+
+def test_example_config_is_valid() -> None:
+    r = subprocess.run([sys.executable, "-m", "agent", "-c", str(ROOT / "config/agent.example.toml"),
+                        "check-config"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+
+
+def test_example_config_mentions_every_key() -> None:
+    text = (ROOT / "config/agent.example.toml").read_text()
+    ref = config.reference_markdown()
+    keys = [line.split("`")[1] for line in ref.splitlines() if line.startswith("| `")]
+    missing = [k for k in keys if f"{k} =" not in text and f"# {k} =" not in text]
+    assert missing == []
+
+
+def test_reference_doc_matches_schema() -> None:
+    assert (ROOT / "docs/configuration.md").read_text() == config.reference_markdown()
+
+
+def test_secret_file_readable_by_others_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    os.chmod(secret, 0o644)
+    p = write(tmp_path, MINIMAL + f'[postgres]\npassword_file = "{secret}"\n')
+    with pytest.raises(ConfigError) as ei:
+        config.load(p)
+    assert ei.value.key == "postgres.password_file"
+    os.chmod(secret, 0o600)
+    cfg = config.load(p)
+    assert "hunter2" not in repr(cfg)
+    assert repr(config.read_secret(str(secret))) == "Secret('***')"
+
+
+def test_relative_secret_is_read_from_systemd_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pgpw").write_text("s3cret")
+    os.chmod(tmp_path / "pgpw", 0o600)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    assert config.read_secret("pgpw") == "s3cret"
+
+
+def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(tmp_path / "nope.toml")
+
+
+def test_example_file_is_the_generated_one() -> None:
+    assert (ROOT / "config/agent.example.toml").read_text() == config.example_toml()
