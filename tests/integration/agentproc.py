@@ -19,8 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class AgentProc:
-    def __init__(self, run_dir: Path, etcd_url: str, *, extra: str = "", env: dict[str, str] | None = None,
-                 name: str = "node1", scope: str = "demo") -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        etcd_url: str,
+        *,
+        extra: str = "",
+        env: dict[str, str] | None = None,
+        name: str = "node1",
+        scope: str = "demo",
+    ) -> None:
         self.port = free_port()
         self.run_dir = run_dir
         self.config = run_dir / f"agent-{name}-{self.port}.toml"
@@ -31,27 +39,38 @@ class AgentProc:
         self.p: subprocess.Popen[bytes] | None = None
 
     def render(self, etcd_url: str, extra: str, name: str, scope: str) -> str:
-        return (f'[node]\nname = "{name}"\nstate_dir = "{self.run_dir}/state-{self.port}"\n'
-                f'[etcd]\nscope = "{scope}"\nendpoints = ["{etcd_url}"]\nwatch_deadline = "3s"\n'
-                f'[patroni]\nurl = "http://127.0.0.1:{free_port()}"\n'
-                f'[postgres]\nhost = "{self.run_dir}"\nport = {free_port()}\n'
-                f'[sampler]\nenabled = false\n[archive]\nenabled = false\n'
-                f'[http]\nlisten = "127.0.0.1:{self.port}"\n[logging]\nformat = "json"\n' + extra)
+        return (
+            f'[node]\nname = "{name}"\nstate_dir = "{self.run_dir}/state-{self.port}"\n'
+            f'[etcd]\nscope = "{scope}"\nendpoints = ["{etcd_url}"]\nwatch_deadline = "3s"\n'
+            f'[patroni]\nurl = "http://127.0.0.1:{free_port()}"\n'
+            f'[postgres]\nhost = "{self.run_dir}"\nport = {free_port()}\n'
+            f"[sampler]\nenabled = false\n[archive]\nenabled = false\n"
+            f'[http]\nlisten = "127.0.0.1:{self.port}"\n[logging]\nformat = "json"\n' + extra
+        )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> AgentProc:
-        self.p = subprocess.Popen([sys.executable, "-m", "agent", "-c", str(self.config), "run"], cwd=ROOT,
-                                  env=self.env, stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "agent", "-c", str(self.config), "run"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
         if wait:
             wait_until(lambda: self.get("/health")[0] in (200, 503), 20, "agent /health", detail=self.tail)
         return self
 
     def wait_ready(self, timeout: float = 20) -> AgentProc:
-        wait_until(lambda: self.status().get("ready") and self.status()["state"]["dcs_up"], timeout,
-                   "agent ready with etcd up", detail=self.tail)
+        wait_until(
+            lambda: self.status().get("ready") and self.status()["state"]["dcs_up"],
+            timeout,
+            "agent ready with etcd up",
+            detail=self.tail,
+        )
         return self
 
     def get(self, path: str) -> tuple[int, str]:

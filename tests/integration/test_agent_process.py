@@ -45,13 +45,17 @@ def test_sighup_with_a_broken_file_keeps_the_old_config_serving(agent: AgentProc
     good = agent.config.read_text()
     agent.config.write_text(good + "\n[bogus]\nkey = 1\n")
     agent.signal(signal.SIGHUP)
-    wait_until(lambda: any(e.get("event") == "config_reload_rejected" for e in agent.logs()), 10,
-               "reload rejected", detail=agent.tail)
+    wait_until(
+        lambda: any(e.get("event") == "config_reload_rejected" for e in agent.logs()),
+        10,
+        "reload rejected",
+        detail=agent.tail,
+    )
     assert agent.get("/health")[0] == 200
     assert agent.metric('pgnode_config_reloads_total{result="failure"}') == 1.0
     rejected = next(e for e in agent.logs() if e.get("event") == "config_reload_rejected")
     assert "bogus" in rejected["error"]
-    agent.config.write_text(good.replace('level = "info"', "") + '\n')
+    agent.config.write_text(good.replace('level = "info"', "") + "\n")
     agent.signal(signal.SIGHUP)
     wait_until(lambda: agent.metric('pgnode_config_reloads_total{result="success"}') == 1.0, 10, "reload ok")
     assert agent.p is not None and agent.p.poll() is None
@@ -62,8 +66,12 @@ def test_notify_socket_gets_ready_watchdog_status_and_stopping(run_dir: Path, et
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + name)
         sock.settimeout(15)
-        a = AgentProc(run_dir, etcd.url, env={"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "2000000"},
-                      scope=f"s{uuid.uuid4().hex[:8]}").start(wait=False)
+        a = AgentProc(
+            run_dir,
+            etcd.url,
+            env={"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "2000000"},
+            scope=f"s{uuid.uuid4().hex[:8]}",
+        ).start(wait=False)
         try:
             got: list[str] = []
             deadline = time.monotonic() + 15

@@ -67,7 +67,9 @@ def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, fresh_etcd: Etcd
         a.stop()
 
 
-def test_etcd_killed_and_restarted_loses_no_leader_change(run_dir: Path, fresh_etcd: Etcd, scope: str) -> None:
+def test_etcd_killed_and_restarted_loses_no_leader_change(
+    run_dir: Path, fresh_etcd: Etcd, scope: str
+) -> None:
     fresh_etcd.put(f"/service/{scope}/leader", "node2")
     a = AgentProc(run_dir, fresh_etcd.url, scope=scope).start().wait_ready()
     try:
@@ -82,8 +84,9 @@ def test_etcd_killed_and_restarted_loses_no_leader_change(run_dir: Path, fresh_e
         a.stop()
 
 
-def test_changes_while_connection_blackholed_are_replayed_once(run_dir: Path, etcd: Etcd, proxy: TcpProxy,
-                                                               scope: str) -> None:
+def test_changes_while_connection_blackholed_are_replayed_once(
+    run_dir: Path, etcd: Etcd, proxy: TcpProxy, scope: str
+) -> None:
     etcd.put(f"/service/{scope}/leader", "node2")
     a = AgentProc(run_dir, proxy.url, scope=scope).start().wait_ready()
     try:
@@ -100,14 +103,17 @@ def test_changes_while_connection_blackholed_are_replayed_once(run_dir: Path, et
         assert a.metric("pgnode_leader_changes_total") == 2.0
         proxy.reset()  # a reset stream resumes from the last revision: no replays reported
         etcd.put(f"/service/{scope}/members/node9", '{"role":"replica"}')
-        wait_until(lambda: any(m["name"] == "node9" for m in a.status()["state"]["members"]), 15, "member seen")
+        wait_until(
+            lambda: any(m["name"] == "node9" for m in a.status()["state"]["members"]), 15, "member seen"
+        )
         assert [e["new"] for e in a.logs() if e.get("event") == "leader_changed"] == news
     finally:
         a.stop()
 
 
-def test_compacted_revision_is_relisted_and_the_change_reported(run_dir: Path, etcd: Etcd, proxy: TcpProxy,
-                                                                 scope: str) -> None:
+def test_compacted_revision_is_relisted_and_the_change_reported(
+    run_dir: Path, etcd: Etcd, proxy: TcpProxy, scope: str
+) -> None:
     etcd.put(f"/service/{scope}/leader", "node2")
     a = AgentProc(run_dir, proxy.url, scope=scope).start().wait_ready()
     try:

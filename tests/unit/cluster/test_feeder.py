@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agent.cluster.watchdog.feeder import Feeder, WatchdogMetrics
+from agent.core.config import parse
+from agent.core.context import Context
+from agent.core.sdnotify import Notifier
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_feeding_stops_while_a_heartbeat_is_stale_and_resumes(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    device = tmp_path / "watchdog1"  # a plain file stands in for the device node: it records the writes
+    device.write_bytes(b"")
+    cfg = parse({"node": {"name": "n"}, "etcd": {"scope": "s"},
+                 "watchdog": {"device": str(device), "device_timeout": "1s"}})
+    ctx = Context.create(cfg)
+    name = f"pgnode-wd-{uuid.uuid4().hex}"
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.setblocking(False)
+        feeder = Feeder(ctx, WatchdogMetrics(ctx.registry), Notifier("@" + name))
+        ctx.liveness.register("other", timeout=0.3)
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await tg.start(feeder.run, ctx)
+                while ctx.registry.get_sample_value("pgnode_watchdog_feeds_total") < 3:
+                    ctx.liveness.beat("other")
+                    await anyio.sleep(0.05)
+                # "other" stops beating: the feeder must withhold
+                while not ctx.registry.get_sample_value("pgnode_watchdog_withheld_total"):
+                    await anyio.sleep(0.05)
+                fed = ctx.registry.get_sample_value("pgnode_watchdog_feeds_total")
+                await anyio.sleep(0.5)
+                assert ctx.registry.get_sample_value("pgnode_watchdog_feeds_total") == fed
+                ctx.liveness.beat("other")
+                while ctx.registry.get_sample_value("pgnode_watchdog_feeds_total") == fed:
+                    ctx.liveness.beat("other")
+                    await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+        msgs = []
+        while True:
+            try:
+                msgs.append(sock.recv(100))
+            except BlockingIOError:
+                break
+    assert msgs and set(msgs) == {b"WATCHDOG=1"}
+    written = device.read_bytes()
+    assert written.startswith(b"1") and written.endswith(b"V")  # keepalives, then the magic close

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import anyio
+import anyio.abc
+import pytest
+
+from agent.core.config import parse
+from agent.core.context import Context
+from agent.core.sdnotify import Notifier
+from agent.core.supervisor import Component, Supervisor
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make_ctx() -> Context:
+    cfg = parse({"node": {"name": "n1"}, "etcd": {"scope": "s"}, "http": {"listen": "127.0.0.1:0"}})
+    return Context.create(cfg)
+
+
+async def test_component_that_raises_is_restarted_and_counted(logs: list[dict[str, object]]) -> None:
+    runs = 0
+    healthy = anyio.Event()
+
+    async def flaky(ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        nonlocal runs
+        runs += 1
+        task_status.started()
+        if runs < 3:
+            raise RuntimeError(f"boom {runs}")
+        healthy.set()
+        await anyio.sleep_forever()
+
+    ctx = make_ctx()
+    sup = Supervisor(ctx, [Component("flaky", flaky)], Notifier(""), backoff_max=0.05)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sup.run)
+            await healthy.wait()
+            assert ctx.registry.get_sample_value("pgnode_component_restarts_total", {"component": "flaky"}) == 2
+            assert sup.health["flaky"].up
+            assert "boom 2" in sup.health["flaky"].last_error
+            tg.cancel_scope.cancel()
+    failures = [e for e in logs if e["event"] == "component_failed"]
+    assert len(failures) == 2 and failures[0]["component"] == "flaky"
+
+
+async def test_wedged_component_makes_health_503_and_names_it() -> None:
+    ctx = make_ctx()
+
+    async def wedged(ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        await anyio.sleep_forever()  # never beats
+
+    sup = Supervisor(ctx, [Component("wedged", wedged, heartbeat_timeout=0.2)], Notifier(""))
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sup.run)
+            while not sup.ready:
+                await anyio.sleep(0.01)
+            ok, _ = sup.health_view()
+            assert ok
+            await anyio.sleep(0.3)  # let the heartbeat age past its 0.2 s timeout
+            ok, body = sup.health_view()
+            assert not ok and body["stale_components"] == ["wedged"]
+            tg.cancel_scope.cancel()
+
+
+async def test_ready_is_sent_even_when_a_component_never_starts() -> None:
+    ctx = make_ctx()
+
+    async def never(ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        await anyio.sleep_forever()
+
+    sup = Supervisor(ctx, [Component("never", never)], Notifier(""), start_timeout=0.2)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sup.run)
+            while not sup.ready:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
