@@ -38,6 +38,17 @@ class Component:
     heartbeat_timeout: float | None = None
 
 
+def _config_error(e: BaseException) -> config_mod.ConfigError | None:
+    if isinstance(e, config_mod.ConfigError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for sub in e.exceptions:
+            found = _config_error(sub)
+            if found is not None:
+                return found
+    return None
+
+
 class _Started:
     """task_status that forwards the first started() of the first run only."""
 
@@ -114,12 +125,13 @@ class Supervisor:
                 await comp.run(self.ctx, task_status=_Started(started))
                 blog.warning("component_returned")
                 h.last_error = "returned"
-            except config_mod.ConfigError as e:
-                blog.error("config_error", error=str(e), key=e.key)
-                self.exit_code = config_mod.EX_CONFIG
-                self._root.cancel()
-                return
             except Exception as e:
+                cfg_err = _config_error(e)
+                if cfg_err is not None:  # a config the running system contradicts: not retried
+                    blog.error("config_error", error=str(cfg_err), key=cfg_err.key)
+                    self.exit_code = config_mod.EX_CONFIG
+                    self._root.cancel()
+                    return
                 blog.exception("component_failed", retry_in_seconds=delay)
                 h.last_error = f"{type(e).__name__}: {e}"[:300]
             finally:

@@ -1,0 +1,107 @@
+"""Agents on a real 3-node Patroni cluster: one confirmed primary, switchover, split-brain seen."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.lab.agents import Agent, Agents
+from agent.lab.cluster import Cluster
+from agent.lab.etcd import Etcd
+from agent.lab.procs import wait_until
+
+
+def state(a: Agent) -> dict[str, Any]:
+    st = a.status()
+    return st["state"] if st else {}
+
+
+def settled(agents: Agents, leader: str) -> bool:
+    """Every agent names `leader`; only the leader's agent is a confirmed primary; no disagreement."""
+    for a in agents:
+        s = state(a)
+        if s.get("leader") != leader or s.get("disagreement"):
+            return False
+        if s.get("confirmed_primary") != (a.name == leader):
+            return False
+        if s.get("role") != ("primary" if a.name == leader else "replica"):
+            return False
+    return True
+
+
+def summary(agents: Agents) -> object:
+    return {a.name: {k: state(a).get(k) for k in ("leader", "role", "confirmed_primary", "disagreement")}
+            for a in agents}
+
+
+@pytest.fixture
+def own_agents(run_dir: Path, fresh_cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
+    a = Agents(run_dir, fresh_cluster, [etcd.url])
+    try:
+        a.start()
+        yield a
+    finally:
+        a.stop()
+
+
+def test_exactly_one_confirmed_primary_and_it_is_the_leader(cluster: Cluster, agents: Agents) -> None:
+    leader = cluster.leader_name()
+    assert leader is not None
+    wait_until(lambda: settled(agents, leader), 20, "agents agree on the leader", detail=lambda: summary(agents))
+    body = agents[leader].metrics()
+    assert "pgnode_confirmed_primary 1.0" in body and 'pgnode_role{role="primary"} 1.0' in body
+    for a in agents:
+        if a.name != leader:
+            assert "pgnode_confirmed_primary 0.0" in a.metrics()
+
+
+def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, own_agents: Agents) -> None:
+    old = fresh_cluster.leader_name()
+    assert old is not None
+    wait_until(lambda: settled(own_agents, old), 20, "agents settled before", detail=lambda: summary(own_agents))
+    new = fresh_cluster.switchover()
+    wait_until(lambda: settled(own_agents, new), 20, "agents settled after switchover",
+               detail=lambda: summary(own_agents))
+    for a in own_agents:
+        assert "pgnode_leader_changes_total 1.0" in a.metrics(), a.name
+    # the old primary's agent logged its way from primary to replica (through "unknown" while
+    # Patroni restarts PostgreSQL), one role_changed event per step
+    steps = [json.loads(line) for line in own_agents[old].proc.log_path.read_text().splitlines()
+             if '"role_changed"' in line]
+    roles = [steps[0]["old"]] + [e["new"] for e in steps]
+    assert "primary" in roles and roles[-1] == "replica"
+    assert roles[roles.index("primary") + 1:] in (["replica"], ["unknown", "replica"])
+
+
+@pytest.mark.slow
+def test_kill9_of_patroni_on_primary_shows_split_brain_then_failover(fresh_cluster: Cluster,
+                                                                     own_agents: Agents) -> None:
+    old = fresh_cluster.leader_name()
+    assert old is not None
+    wait_until(lambda: settled(own_agents, old), 20, "agents settled before", detail=lambda: summary(own_agents))
+    fresh_cluster.node(old).kill9_patroni()
+    # ttl 20: a replica takes the key after ~20 s while the orphan postmaster stays writable
+    new = fresh_cluster.wait_for_leader(lambda n: n != old, 45)
+    wait_until(lambda: state(own_agents[old]).get("disagreement") == "writable_without_leader_key", 20,
+               "split-brain visible on the old primary's agent", detail=lambda: summary(own_agents))
+    s_old = state(own_agents[old])
+    assert s_old["confirmed_primary"] is False and s_old["patroni_up"] is False
+    assert 'pgnode_role_disagreement{reason="writable_without_leader_key"} 1.0' in own_agents[old].metrics()
+    wait_until(lambda: state(own_agents[new]).get("confirmed_primary") is True, 30, "new leader confirmed",
+               detail=lambda: summary(own_agents))
+    confirmed = [a.name for a in own_agents if state(a).get("confirmed_primary")]
+    assert confirmed == [new]
+
+
+def test_agent_for_another_member_than_patroni_exits_78(run_dir: Path, cluster: Cluster, etcd: Etcd) -> None:
+    node = cluster.nodes[0]
+    agent = Agent(run_dir, node, [etcd.url], scope=cluster.scope, namespace=cluster.namespace)
+    agent.config_path.write_text(agent.config_path.read_text().replace(f'name = "{node.name}"', 'name = "nodeX"'))
+    agent.proc.spawn()
+    assert agent.proc.popen is not None
+    assert agent.proc.popen.wait(30) == 78
+    assert "node.name" in agent.proc.log_path.read_text()
