@@ -123,3 +123,32 @@ def failures_since(previous: int | None, current: int) -> int:
     if previous is None:
         return 0
     return current - previous if current >= previous else current
+
+
+def repo_behind_segments(last_archived_wal: str | None, repo_max: str | None,
+                         segment_size: int) -> int | None:
+    """Segments PostgreSQL marked archived that the repository's newest WAL does not reach: WAL
+    dropped by async archive-push with archive-push-queue-max, or pushed to another repo. Read the
+    PostgreSQL side *before* the repository, so a segment archived in between cannot look missing."""
+    if not last_archived_wal or not repo_max:
+        return None
+    pg, repo = parse_wal_name(last_archived_wal), parse_wal_name(repo_max)
+    if pg is None or repo is None:
+        return None
+    pg_through = pg.archived_through(segment_size)
+    repo_through = repo.archived_through(segment_size)
+    if pg_through is None or repo_through is None:
+        return None
+    return max(0, (pg_through - repo_through) // segment_size)
+
+
+def overall(a: Assessment, check_reason: str | None, repo_behind: int | None) -> tuple[bool, tuple[str, ...]]:
+    """PostgreSQL's view plus the pgBackRest canary and cross-check, where archiving is expected."""
+    if not a.expected:
+        return True, ()
+    reasons = list(a.reasons)
+    if check_reason is not None:
+        reasons.append("pgbackrest_check_failed")
+    if repo_behind:
+        reasons.append("repo_missing_archived_wal")
+    return not reasons, tuple(reasons)

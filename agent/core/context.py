@@ -18,6 +18,15 @@ from agent.core.state import StateStore
 
 
 @dataclass
+class CachedMetrics:
+    """Series that change only when their job ingests (thousands of query series): rendered once
+    per `version()` change and served as bytes, so a scrape stays cheap whatever their count."""
+
+    registry: CollectorRegistry
+    version: Callable[[], int]
+
+
+@dataclass
 class Context:
     config: Config  # replaced as a whole on SIGHUP; read it where it is used, don't cache it
     registry: CollectorRegistry
@@ -25,6 +34,7 @@ class Context:
     state: StateStore
     liveness: Liveness
     status_sections: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    cached_metrics: list[CachedMetrics] = field(default_factory=list)
 
     def publish(self, ev: Event) -> None:
         self.state.publish(ev)

@@ -22,6 +22,8 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from agent.core.context import CachedMetrics
+
 log = structlog.get_logger("http")
 
 Scope = dict[str, Any]
@@ -31,8 +33,11 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 class Api:
     def __init__(self, registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]],
-                 status: Callable[[], dict[str, Any]], users: dict[str, str]) -> None:
+                 status: Callable[[], dict[str, Any]], users: dict[str, str],
+                 cached: list[CachedMetrics] | None = None) -> None:
         self.registry = registry
+        self.cached = cached if cached is not None else []
+        self._rendered: dict[tuple[int, str], tuple[int, bytes]] = {}
         self.health = health
         self.status = status
         self.users = users
@@ -59,8 +64,7 @@ class Api:
             return
         path = scope["path"]
         if path == "/metrics":
-            encoder, ctype = choose_encoder(headers.get("accept", ""))
-            await _respond(send, 200, encoder(self.registry), ctype)
+            await _respond(send, 200, *self.metrics(headers.get("accept", "")))
         elif path == "/health":
             ok, body = self.health()
             await _respond(send, 200 if ok else 503, _json(body), "application/json")
@@ -68,6 +72,21 @@ class Api:
             await _respond(send, 200, _json(self.status()), "application/json")
         else:
             await _respond(send, 404, b"not found\n", "text/plain")
+
+    def metrics(self, accept: str) -> tuple[bytes, str]:
+        encoder, ctype = choose_encoder(accept)
+        parts = [encoder(self.registry)]
+        for i, part in enumerate(self.cached):
+            v = part.version()
+            hit = self._rendered.get((i, ctype))
+            if hit is None or hit[0] != v:
+                hit = (v, encoder(part.registry))
+                self._rendered[(i, ctype)] = hit
+            parts.append(hit[1])
+        eof = b"# EOF\n"
+        if parts[0].endswith(eof):  # OpenMetrics: one EOF marker, at the very end
+            parts = [p.removesuffix(eof) for p in parts] + [eof]
+        return b"".join(parts), ctype
 
     async def _authorized(self, header: str) -> bool:
         if not header.startswith("Basic "):

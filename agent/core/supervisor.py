@@ -92,7 +92,8 @@ class Supervisor:
     async def run(self) -> int:
         cfg = self.ctx.config
         sock = http.bind(cfg.http.listen)
-        api = http.Api(self.ctx.registry, self.health_view, self.status_view, cfg.http.basic_auth_users)
+        api = http.Api(self.ctx.registry, self.health_view, self.status_view, cfg.http.basic_auth_users,
+                       self.ctx.cached_metrics)
         log.info("agent_starting", version=__version__, config=cfg.source, node=cfg.node.name,
                  listen=cfg.http.listen)
         async with anyio.create_task_group() as root:

@@ -148,6 +148,18 @@ class Cluster:
         wait_until(check, timeout, "leader matching predicate", 0.1, detail=self._summary)
         return str(box[0])
 
+    def wait_writable(self, name: str, timeout: float = 30.0) -> None:
+        """Wait until `name` accepts writes: Patroni names a leader as soon as it holds the lock,
+        a moment before its promotion finishes (`pg_is_in_recovery()` still true)."""
+
+        def writable() -> bool:
+            try:
+                return self.psql(name, "select not pg_is_in_recovery()") == [(True,)]
+            except psycopg.Error:
+                return False
+
+        wait_until(writable, timeout, f"{name} out of recovery", 0.1)
+
     def _summary(self) -> object:
         cj = self.cluster_json()
         if cj is None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -138,6 +139,7 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
     run_dir = new_run_dir("pgna-demo-")
     say(f"run directory {run_dir}")
     old_term = signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`&`)
     etcd = Etcd(run_dir)
     cluster = Cluster(run_dir, etcd.url, nodes=nodes, scope="demo")
     agents = Agents(run_dir, cluster, [etcd.url])
@@ -181,7 +183,9 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
             say(f"switchover in {wait:.0f}s (Ctrl-C to stop)")
             time.sleep(wait)
             _do_switchover(cluster, timeline, pgbench, say)
-        say("running; Ctrl-C to stop" if deadline is None else f"running for {duration:.0f}s in total")
+        say(
+            "running; Ctrl-C to stop" if deadline is None else f"running until {duration:.0f}s after start-up"
+        )
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
         ok = True
@@ -197,7 +201,8 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
             say("stopping")
             timeline.stop()
             all_pids += [p for p in [etcd.pid, *cluster.pids(), *agents.pids(), pgbench.pid] if p is not None]
-            for step in (lambda: pgbench.stop(timeout=5), agents.stop, cluster.stop, etcd.stop):
+            steps: list[Callable[[], object]] = [pgbench.stop, agents.stop, cluster.stop, etcd.stop]
+            for step in steps:
                 try:  # one failing step must not leave the later processes running
                     step()
                 except Exception as e:
@@ -224,11 +229,12 @@ def _do_switchover(cluster: Cluster, timeline: Timeline, pgbench: Proc, say: Any
     started = timeline.events[-1].at
     new = cluster.switchover(candidate)
     settle = time.monotonic() + 10
-    while time.monotonic() < settle and not _agents_agree(timeline, new, started):
+    while time.monotonic() < settle and not _agents_settled(timeline.agents, new):
         time.sleep(0.1)
+    time.sleep(0.2)  # let the pollers record the last change they just saw
     print(f"\nTimeline of the switchover (t=0: request sent):\n{timeline.render(started)}\n", flush=True)
     say(f"new leader {new}")
-    if (pgbench.popen is not None and pgbench.popen.poll() is not None) or pgbench.is_running():
+    if pgbench.popen is not None:  # its sessions on the old primary are gone: follow the leader
         pgbench.stop(timeout=5)
         pgbench.argv = _pgbench(
             cluster.run_dir, cluster.node(new), "-c", "2", "-R", "50", "-T", "86400", "-n"
@@ -237,14 +243,16 @@ def _do_switchover(cluster: Cluster, timeline: Timeline, pgbench: Proc, say: Any
         say(f"pgbench restarted against {new}")
 
 
-def _agents_agree(timeline: Timeline, leader: str, since: float) -> bool:
-    """True once every agent has logged a leader change to `leader` after `since`."""
-    seen = {
-        e.who
-        for e in timeline.events
-        if e.at >= since and e.what.endswith(f"-> {leader}") and "leader" in e.what
-    }
-    return all(f"agent {a.name}" in seen for a in timeline.agents)
+def _agents_settled(agents: Agents, leader: str) -> bool:
+    """True once every agent names `leader`, `leader`'s agent says primary and the others replica."""
+    for a in agents:
+        status = a.status() or {}
+        state = status.get("state")
+        if not isinstance(state, dict) or state.get("leader") != leader:
+            return False
+        if state.get("role") != ("primary" if a.name == leader else "replica"):
+            return False
+    return True
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class TcpProxy:
         self._flowing = asyncio.Event()  # binds to the proxy's loop on first use
         self._flowing.set()
         self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._conns: dict[asyncio.StreamWriter, asyncio.StreamWriter | None] = {}  # client -> upstream
         self.connections_total = 0
 
     @property
@@ -91,38 +91,49 @@ class TcpProxy:
             self._flowing.clear()
 
     async def _count(self) -> int:
-        return len(self._writers) // 2
+        return len(self._conns)
 
     async def _reset(self) -> int:
-        writers = list(self._writers)
-        for w in writers:
-            sock = w.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            w.transport.abort()
-        self._writers.clear()
-        return len(writers) // 2
+        conns = list(self._conns.items())
+        self._conns.clear()
+        for client, upstream in conns:
+            for w in (client, upstream):
+                if w is None:
+                    continue
+                sock = w.get_extra_info("socket")
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                w.transport.abort()
+        return len(conns)
 
     async def _stop(self) -> None:
         if self._server is not None:
             self._server.close()
         await self._reset()
+        me = asyncio.current_task()
+        others = [t for t in asyncio.all_tasks() if t is not me]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _handle(self, c_reader: asyncio.StreamReader, c_writer: asyncio.StreamWriter) -> None:
         self.connections_total += 1
-        self._writers.add(c_writer)
+        self._conns[c_writer] = None
         try:
             await self._flowing.wait()  # a blackholed link: accepted by the kernel, never connected through
             u_reader, u_writer = await asyncio.open_connection(*self.target)
         except OSError:
-            self._writers.discard(c_writer)
+            self._conns.pop(c_writer, None)
             c_writer.transport.abort()
             return
-        self._writers.add(u_writer)
+        if c_writer not in self._conns:  # reset while connecting
+            u_writer.transport.abort()
+            return
+        self._conns[c_writer] = u_writer
         await asyncio.gather(self._pipe(c_reader, u_writer), self._pipe(u_reader, c_writer))
+        self._conns.pop(c_writer, None)
         for w in (c_writer, u_writer):
-            self._writers.discard(w)
             w.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -44,9 +44,10 @@ class RepackMetrics:
             self.guard_trips.labels(g.value)
         self.running = Gauge("pgnode_repack_running", "1 while a pg_repack child runs.", registry=registry)
         self.reclaimed = Counter("pgnode_repack_reclaimed_bytes",
-                                 "Bytes (table + indexes + TOAST) freed by successful runs.", registry=registry)
+                                 "Bytes (table + indexes + TOAST) freed by successful runs.",
+                                 registry=registry)
         self.leftovers = Gauge("pgnode_repack_leftovers",
-                               "Tables with pg_repack leftovers (trigger, log/table copies) at the last sweep.",
+                               "Tables with pg_repack leftovers (trigger, log/copy tables) at last sweep.",
                                registry=registry)
         self.next_window = Gauge("pgnode_repack_next_window_timestamp_seconds",
                                  "Start of the next (or current) repack window, Unix time; 0 with none.",

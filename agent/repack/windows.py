@@ -34,14 +34,21 @@ def _first_fire_at_or_after(w: RepackWindow, t: datetime) -> datetime | None:
 
 
 def active(windows: list[RepackWindow], now: datetime) -> Slot | None:
-    """The window occurrence containing `now`, if any. The first fire at or after now − duration
-    is the only one that can still be open: an earlier one has ended, a later one if ≤ now is it."""
+    """The open window occurrence that ends last, if any. Occurrences that started after
+    now - duration are the open ones; when they overlap (a window longer than its period), the
+    latest start leaves a run the most time."""
     best: Slot | None = None
     for i, w in enumerate(windows):
         dur = timedelta(seconds=float(w.duration))
         fire = _first_fire_at_or_after(w, now - dur + timedelta(microseconds=1))
-        if fire is not None and fire <= now < fire + dur and (best is None or fire + dur > best.end):
-            best = Slot(i, fire, fire + dur)
+        latest: datetime | None = None
+        for _ in range(10_000):  # bounded: a per-minute cron with a week-long window
+            if fire is None or fire > now:
+                break
+            latest = fire
+            fire = _first_fire_at_or_after(w, fire + timedelta(microseconds=1))
+        if latest is not None and (best is None or latest + dur > best.end):
+            best = Slot(i, latest, latest + dur)
     return best
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import ETCD_BIN, Etcd
 from agent.lab.patroni import PATRONI_BIN, PG_BIN_DIR
@@ -134,3 +135,14 @@ def pg15(session_dir: Path) -> Iterator[PgInstance]:
         yield pg
     finally:
         pg.stop()
+
+
+@pytest.fixture
+def agents(run_dir: Path, cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
+    """One agent per node of the session cluster, as root over the nodes' sockets."""
+    a = Agents(run_dir, cluster, [etcd.url])
+    try:
+        a.start()
+        yield a
+    finally:
+        a.stop()

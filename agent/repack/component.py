@@ -1,0 +1,240 @@
+"""The repack component: wait for a window, check who may run, take the scope's lock, pick the most
+bloated eligible table, run it guarded, record the outcome; repeat. Nothing runs outside a window
+or on a node that is not a confirmed primary, and leftovers of an earlier run are swept at start
+and each time this node becomes the confirmed primary.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections import deque
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import psycopg
+import structlog
+
+from agent.core.config import ConfigError, RepackWindow
+from agent.core.context import Context
+from agent.core.supervisor import Component
+from agent.repack import candidates, cleanup, guards, windows
+from agent.repack.history import History, table_key
+from agent.repack.lock import TTL, RepackLock
+from agent.repack.metrics import RepackMetrics
+from agent.repack.runner import Target, repack_table
+
+log = structlog.get_logger("repack")
+
+NAME = "repack"
+IDLE_SLICE = 2.0  # seconds; also the heartbeat period while idle
+
+
+def resolve_binary(name: str) -> str:
+    path = name if Path(name).is_absolute() else shutil.which(name)
+    if not path or not Path(path).is_file():
+        raise ConfigError("repack.binary", f'pg_repack binary "{name}" not found')
+    return path
+
+
+async def binary_version(binary: str) -> str | None:
+    """`pg_repack 1.4.8` -> "1.4.8"; compared with the extension's repack.version()."""
+    try:
+        with anyio.fail_after(10):
+            done = await anyio.run_process([binary, "--version"], check=False)
+    except (OSError, TimeoutError):
+        return None
+    out = done.stdout.decode(errors="replace").strip()
+    return out.removeprefix("pg_repack").strip() or None
+
+
+class RepackJob:
+    def __init__(self, metrics: RepackMetrics, binary: str) -> None:
+        self.metrics = metrics
+        self.binary = binary
+        self.version: str | None = None
+        self.running: dict[str, Any] | None = None
+        self.recent: deque[dict[str, Any]] = deque(maxlen=20)
+        self.leftovers = 0
+        self.waiting_for: tuple[str, ...] = ()
+        self.next_window: str | None = None
+        self.current_window: str | None = None
+        self._tried: set[tuple[str, str]] = set()   # (window occurrence, table key)
+        self._started: dict[str, int] = {}          # window occurrence -> runs started
+        self._exhausted: set[str] = set()
+
+    def status(self) -> dict[str, Any]:
+        return {"binary": self.binary, "version": self.version, "running": self.running,
+                "current_window": self.current_window, "next_window": self.next_window,
+                "waiting_for": list(self.waiting_for), "leftovers": self.leftovers,
+                "recent": list(self.recent)}
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self, ctx: Context, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        self.version = await binary_version(self.binary)
+        log.info("pg_repack_resolved", binary=self.binary, version=self.version)
+        task_status.started()
+        swept = False
+        while True:
+            ctx.liveness.beat(NAME)
+            cfg = ctx.config.repack
+            now = datetime.now(UTC)
+            slot = windows.active(cfg.windows, now)
+            nxt = windows.next_start(cfg.windows, now)
+            self.current_window = f"{slot.start.isoformat()}/{slot.end.isoformat()}" if slot else None
+            self.next_window = nxt.start.isoformat() if nxt else None
+            start = slot.start if slot else (nxt.start if nxt else None)
+            self.metrics.next_window.set(start.timestamp() if start else 0)
+            state = ctx.state.current
+            if not state.confirmed_primary:
+                swept = False
+            elif not swept:
+                await self.sweep(ctx)
+                swept = True
+            trips = guards.state_trips(state)
+            reasons = tuple(t.guard.value for t in trips)
+            if slot is not None and reasons != self.waiting_for:
+                log.info("repack_waiting" if reasons else "repack_may_run", window_end=slot.end.isoformat(),
+                         guards=[t.log_fields() for t in trips])
+            self.waiting_for = reasons if slot is not None else ()
+            if slot is None or trips:
+                until = IDLE_SLICE if nxt is None else (nxt.start - now).total_seconds()
+                await self._idle(ctx, max(0.05, min(IDLE_SLICE, until)))
+                continue
+            w = cfg.windows[slot.index]
+            if slot.key in self._exhausted or self._started.get(slot.key, 0) >= w.max_tables_per_window:
+                await self._idle(ctx, max(0.05, min(IDLE_SLICE, (slot.end - now).total_seconds())))
+                continue
+            target = await self._pick(ctx, w, slot)
+            if target is None:
+                log.info("repack_window_done", window_end=slot.end.isoformat(),
+                         tables_started=self._started.get(slot.key, 0))
+                self._exhausted.add(slot.key)
+                continue
+            self._tried.add((slot.key, table_key(target.database, target.schema, target.table)))
+            await self._run_locked(ctx, target, slot)
+
+    async def _idle(self, ctx: Context, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await ctx.state.changed()
+
+    # ------------------------------------------------------------------ sweeping
+    async def sweep(self, ctx: Context) -> None:
+        """Leftovers of a run that died with the agent, or of a run on the previous primary that
+        physical replication carried here: drop them before anything else writes."""
+        rc = ctx.config.repack
+        dbs = sorted({d for w in rc.windows for d in w.databases})
+        total = 0
+        for db in dbs:
+            try:
+                async with await ctx.pg_connect(NAME, db) as conn:
+                    found = await cleanup.find(conn)
+                    if found:
+                        log.warning("repack_leftovers_found", database=db, oids=found)
+                        deadline = anyio.current_time() + float(rc.cleanup_timeout)
+                        total += await cleanup.sweep(conn, lock_timeout=float(rc.lock_timeout),
+                                                     deadline=deadline)
+            except psycopg.Error as e:
+                log.warning("repack_sweep_failed", database=db, error=str(e).strip()[:200])
+        self.leftovers = total
+        self.metrics.leftovers.set(total)
+
+    # ------------------------------------------------------------------ choosing
+    async def _pick(self, ctx: Context, w: RepackWindow, slot: windows.Slot) -> Target | None:
+        cfg = ctx.config
+        history = History.load(cfg.state_dir / "repack.json")
+        now = time.time()
+        best: candidates.Assessment | None = None
+        for db in w.databases:
+            try:
+                async with await ctx.pg_connect(NAME, db) as conn:
+                    dbf, has_pgstattuple = await candidates.read_database(conn, self.version)
+                    tables = await candidates.read_tables(conn, db, w, has_pgstattuple)
+                    free = guards.free_disk_bytes(await guards.data_directory(conn))
+            except psycopg.Error as e:
+                log.warning("repack_candidates_unreadable", database=db, error=str(e).strip()[:200])
+                continue
+            for a in candidates.order([
+                candidates.assess(t, dbf, w, cfg.repack, free_disk_bytes=free, now=now,
+                                  last_success=history.last_success(table_key(db, t.schema, t.table)))
+                for t in tables
+            ]):
+                key = table_key(db, a.facts.schema, a.facts.table)
+                if a.skip or (slot.key, key) in self._tried:
+                    continue
+                if a.refusals:
+                    self._tried.add((slot.key, key))  # logged once per window
+                    log.info("repack_table_refused", database=db, table=a.facts.name, reasons=a.refusals,
+                             bloat_ratio=round(a.bloat, 3), bloat_method=a.method,
+                             total_bytes=a.facts.total_bytes)
+                    continue
+                if best is None or a.bloat_bytes > best.bloat_bytes:
+                    best = a
+        if best is None:
+            return None
+        f = best.facts
+        log.info("repack_table_chosen", database=f.database, table=f.name, bloat_ratio=round(best.bloat, 3),
+                 bloat_method=best.method, bloat_bytes=best.bloat_bytes, total_bytes=f.total_bytes,
+                 threshold_ratio=w.bloat_ratio)
+        return Target(f.database, f.schema, f.table, f.oid, f.total_bytes)
+
+    # ------------------------------------------------------------------ running
+    async def _run_locked(self, ctx: Context, target: Target, slot: windows.Slot) -> None:
+        lock = RepackLock(ctx.config.etcd, ctx.config.node.name)
+        try:
+            ok, holder = await lock.acquire()
+        except Exception as e:
+            log.warning("repack_lock_unavailable", key=lock.key, error=str(e)[:200])
+            await self._idle(ctx, IDLE_SLICE)
+            return
+        if not ok:
+            log.info("repack_lock_busy", key=lock.key, holder=holder)
+            await self._idle(ctx, IDLE_SLICE)
+            return
+        log.info("repack_lock_acquired", key=lock.key, ttl_seconds=TTL)
+        held = True
+
+        async def keepalive() -> None:
+            nonlocal held
+            while held:
+                await anyio.sleep(TTL / 3)
+                if not await lock.refresh():
+                    held = False
+
+        self._started[slot.key] = self._started.get(slot.key, 0) + 1
+        self.running = {"database": target.database, "table": target.name, "since": time.time()}
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(keepalive)
+                out = await repack_table(ctx, self.metrics, self.binary, target, slot.end.timestamp(),
+                                         lambda: held)
+                tg.cancel_scope.cancel()
+        finally:
+            self.running = None
+            await lock.release()
+        if out.result is None:
+            self._started[slot.key] -= 1  # never started: a guard said no
+            await self._idle(ctx, IDLE_SLICE)
+            return
+        History.load(ctx.config.state_dir / "repack.json").record(
+            table_key(target.database, target.schema, target.table), out.result.value, time.time(),
+            out.reclaimed_bytes)
+        self.recent.appendleft({"database": target.database, "table": target.name, "result": out.result.value,
+                                "reason": out.reason, "reclaimed_bytes": out.reclaimed_bytes,
+                                "duration_seconds": round(out.duration_seconds, 3),
+                                "guard": out.trip.guard.value if out.trip else None,
+                                "stop_to_clean_seconds": out.stop_to_clean_seconds,
+                                "leftovers": out.leftovers, "at": time.time()})
+
+
+def components(ctx: Context) -> list[Component]:
+    if not ctx.config.repack.enabled:
+        return []
+    metrics = RepackMetrics(ctx.registry)
+    job = RepackJob(metrics, resolve_binary(ctx.config.repack.binary))
+    ctx.status_sections[NAME] = job.status
+    return [Component(NAME, job.run)]

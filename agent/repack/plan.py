@@ -1,0 +1,154 @@
+"""`pg-node-agent repack plan`: what the next window would do and what would stop it now.
+
+Read-only: it reads the catalog, pgstattuple_approx and etcd, and changes nothing. There is no
+agent NodeState in a one-shot command, so the confirmed-primary guard is evaluated from the same
+three sources the agent uses, asked directly: the etcd leader and failover keys, Patroni's
+`GET /patroni`, and `pg_is_in_recovery()`; they are folded through the agent's own `reduce`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+import psycopg
+
+from agent.core import pg
+from agent.core.config import Config
+from agent.core.events import (
+    DcsAvailability,
+    Event,
+    FailoverPending,
+    LeaderChanged,
+    PatroniObserved,
+    PostgresAvailability,
+    Role,
+)
+from agent.core.state import NodeState, reduce
+from agent.repack import candidates, guards, windows
+from agent.repack.component import binary_version, resolve_binary
+from agent.repack.history import History, table_key
+from agent.repack.lock import RepackLock
+
+
+def _say(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+def _etcd_events(cfg: Config) -> list[Event]:
+    lock = RepackLock(cfg.etcd, cfg.node.name)
+    try:
+        client = lock._connect()
+        prefix = f"{cfg.etcd.namespace.rstrip('/')}/{cfg.etcd.scope}"
+        leader = client.get(f"{prefix}/leader")
+        failover = client.get(f"{prefix}/failover")
+        holder = client.get(lock.key)
+    except Exception as e:
+        return [DcsAvailability(up=False, endpoint="", reason=str(e)[:200])]
+    name = leader[0].decode() if leader else None
+    if holder:
+        _say(f"repack lock {lock.key} held by {holder[0].decode()}")
+    return [DcsAvailability(up=True, endpoint=cfg.etcd.endpoints[0]),
+            LeaderChanged(leader=name, previous=None, revision=0),
+            FailoverPending(pending=bool(failover), candidate=None, revision=0)]
+
+
+def _patroni_event(cfg: Config) -> Event:
+    try:
+        r = httpx.get(f"{cfg.patroni.url.rstrip('/')}/patroni", timeout=float(cfg.patroni.timeout))
+        body: dict[str, Any] = r.json()
+    except (httpx.HTTPError, ValueError):
+        return PatroniObserved(up=False, role=Role.UNKNOWN)
+    raw = str(body.get("role", ""))
+    role = {"master": Role.PRIMARY, "primary": Role.PRIMARY, "replica": Role.REPLICA,
+            "standby_leader": Role.STANDBY_LEADER}.get(raw, Role.UNKNOWN)
+    return PatroniObserved(up=True, role=role, state=str(body.get("state", "")),
+                           paused=bool(body.get("pause")))
+
+
+async def _plan(cfg: Config) -> int:
+    rc = cfg.repack
+    now = datetime.now(UTC)
+    slot = windows.active(rc.windows, now)
+    nxt = windows.next_start(rc.windows, now)
+    _say(f"repack {'enabled' if rc.enabled else 'DISABLED'}; {len(rc.windows)} window(s)")
+    if slot is not None:
+        _say(f"open window: #{slot.index} {slot.start.isoformat()} .. {slot.end.isoformat()}")
+    nxt_text = f"#{nxt.index} {nxt.start.isoformat()} .. {nxt.end.isoformat()}" if nxt else "none"
+    _say(f"next window: {nxt_text}")
+    try:
+        binary = resolve_binary(rc.binary)
+        version = await binary_version(binary)
+        _say(f"pg_repack: {binary} ({version})")
+    except Exception as e:
+        _say(f"pg_repack: {e}")
+        version = None
+
+    events: list[Event] = [*await anyio.to_thread.run_sync(_etcd_events, cfg),
+                           await anyio.to_thread.run_sync(_patroni_event, cfg)]
+    history = History.load(cfg.state_dir / "repack.json")
+    first: candidates.Assessment | None = None
+    sample: guards.Sample | None = None
+    shown = slot or nxt
+    w = rc.windows[shown.index] if shown is not None else None
+    try:
+        async with await pg.connect(cfg.postgres, "repack-plan") as conn:
+            row = await (await conn.execute("SELECT pg_is_in_recovery() AS r")).fetchone()
+            events.append(PostgresAvailability(up=True, in_recovery=bool(row["r"]) if row else None))
+    except psycopg.Error as e:
+        events.append(PostgresAvailability(up=False, reason=str(e).strip()[:200]))
+    state = NodeState(member=cfg.node.name)
+    for ev in events:
+        state = reduce(state, ev)
+
+    if w is not None:
+        for db in w.databases:
+            _say(f"\ndatabase {db}:")
+            try:
+                async with await pg.connect(cfg.postgres, "repack-plan", db) as conn:
+                    dbf, has_pst = await candidates.read_database(conn, version)
+                    tables = await candidates.read_tables(conn, db, w, has_pst)
+                    data_dir = await guards.data_directory(conn)
+                    free = guards.free_disk_bytes(data_dir)
+                    items = candidates.order([
+                        candidates.assess(t, dbf, w, rc, free_disk_bytes=free, now=time.time(),
+                                          last_success=history.last_success(table_key(db, t.schema, t.table)))
+                        for t in tables])
+                    for a in items:
+                        if a.skip in ("excluded",):
+                            continue
+                        verdict = "WOULD REPACK" if a.eligible else f"skip ({a.skip})" if a.skip else ""
+                        if a.refusals:
+                            verdict = f"{verdict}; REFUSED ({', '.join(a.refusals)})".lstrip("; ")
+                        _say(f"  {a.facts.name:<40} {a.facts.total_bytes / 1048576:10.1f} MiB  "
+                             f"bloat {a.bloat:6.1%} ({a.method})  {verdict}")
+                        if a.eligible and first is None:
+                            first = a
+                            sample = await guards.read_sample(conn, a.facts.oid, data_dir)
+                    if sample is None:
+                        sample = await guards.read_sample(conn, 0, data_dir)
+            except psycopg.Error as e:
+                _say(f"  cannot read: {str(e).strip()}")
+    end = (slot.end if slot else nxt.end if nxt else now).timestamp()
+    trips = guards.evaluate(rc, state, sample, table_bytes=first.facts.total_bytes if first else 0,
+                            window_end=end if slot else float("inf"), now=time.time(), running=False)
+    _say(f"\nnode: role={state.role.value} leader={state.leader} confirmed_primary={state.confirmed_primary} "
+         f"failover_pending={state.failover_pending} paused={state.paused} dcs_up={state.dcs_up}")
+    if slot is None:
+        _say("a run now: not started (outside every window)")
+    if trips:
+        for t in trips:
+            _say("guard would stop a run now: " + " ".join(f"{k}={v}" for k, v in t.log_fields().items()))
+        return 1
+    _say("no guard would stop a run now")
+    return 0
+
+
+def main(cfg: Config) -> int:
+    """Exit 0 when no guard would stop a run now, 1 otherwise."""
+    return anyio.run(_plan, cfg, backend="asyncio")
+

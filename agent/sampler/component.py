@@ -1,0 +1,168 @@
+"""The sampler component: one loop, one session, reads when a read is due, state on disk.
+
+A PostgreSQL outage is an expected condition here, not a crash: it is logged once when it
+starts and once when it ends, counted, and retried with backoff, while the heartbeat goes on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import psycopg
+import structlog
+
+from prometheus_client import CollectorRegistry
+
+from agent.core.context import CachedMetrics, Context
+from agent.core.supervisor import Component
+from agent.sampler import persist
+from agent.sampler.metrics import Health, SamplerCollector, SamplerHealthCollector
+from agent.sampler.persist import SamplerState
+from agent.sampler.pg_stat_monitor import PgStatMonitor
+from agent.sampler.pg_stat_statements import PgStatStatements
+from agent.sampler.source import Conn, SourceUnavailable, clock, detect
+
+log = structlog.get_logger("sampler")
+NAME = "sampler"
+BACKOFF_MAX = 30.0
+
+
+class Sampler:
+    def __init__(self, ctx: Context) -> None:
+        self.path: Path = ctx.config.state_dir / "sampler.json"
+        self.state: SamplerState = persist.load(self.path, tuple(ctx.config.sampler.labels))
+        self.health = Health()
+        self.health.last_ingested_bucket = (float(self.state.watermark)
+                                            if self.state.watermark is not None else None)
+        self.source: PgStatMonitor | PgStatStatements | None = None
+        self._unavailable_logged = False
+        self.version = 0  # bumped whenever the totals may have changed: re-render the query series
+
+    def status(self) -> dict[str, Any]:
+        return {"source": self.health.source, "watermark": self.state.watermark,
+                "series": len(self.state.totals.series), "queryids_kept": len(self.state.totals.kept),
+                "buckets_missed": self.state.totals.buckets_missed, "reads": self.health.reads}
+
+    async def open(self, ctx: Context) -> Conn:
+        """Connect and choose the source; settings and schema are read once per session."""
+        cfg = ctx.config.sampler
+        conn = await ctx.pg_connect(NAME)
+        try:
+            name = await detect(conn, cfg.source)
+            self.source = PgStatMonitor() if name == "pg_stat_monitor" else PgStatStatements(cfg.interval)
+            await self.source.connected(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        if self.health.source != name:
+            log.info("sampler_source_selected", source=name, wanted=cfg.source, previous=self.health.source)
+        self.health.source = name
+        return conn
+
+    async def step(self, ctx: Context, conn: Conn) -> float:
+        """One due read (or none); returns seconds until the next one is due."""
+        cfg = ctx.config.sampler
+        if self.source is None:
+            raise RuntimeError("step() before open()")
+        if isinstance(self.source, PgStatStatements):
+            self.source.interval = cfg.interval
+        if self.state.totals.relabel(tuple(cfg.labels)):
+            self.version += 1
+            log.info("sampler_labels_changed", labels=list(cfg.labels))
+        c = await clock(conn)
+        changed = self._check_identity(c)
+        wait, stepped = await self.source.step(conn, self.state, c["now"], cfg.top_n, cfg.max_series,
+                                               cfg.grace, self.health)
+        if changed or stepped:
+            self.version += 1
+            data = persist.encode(self.state)
+            await anyio.to_thread.run_sync(persist.write_atomic, self.path, data)
+        return wait
+
+    def _check_identity(self, c: dict[str, Any]) -> bool:
+        """A new system_identifier is another database cluster (rebuilt node): its buckets and
+        pgss entries have nothing to do with our watermark, so both are primed again; counters
+        carry on. A new postmaster start only wiped pg_stat_monitor's memory: buckets after the
+        watermark are new data, so the watermark stays."""
+        ident = self.state.identity
+        sysid, started = c["system_identifier"], c["postmaster_start"]
+        if ident.system_identifier is not None and sysid != ident.system_identifier:
+            log.warning("sampler_server_changed", old=ident.system_identifier, new=sysid,
+                        action="watermark_reprimed")
+            self._count("server_changed")
+            self.state.watermark = None
+            self.state.pgss = type(self.state.pgss)()
+        elif ident.postmaster_start is not None and started != ident.postmaster_start:
+            log.info("sampler_server_restart_seen", old_start=ident.postmaster_start, new_start=started)
+            self._count("server_restart")
+        else:
+            if ident.system_identifier == sysid and ident.postmaster_start == started:
+                return False
+        ident.system_identifier, ident.postmaster_start = sysid, started
+        return True
+
+    def _count(self, kind: str) -> None:
+        self.health.source_resets[kind] = self.health.source_resets.get(kind, 0) + 1
+
+    async def run(self, ctx: Context, *,
+                  task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        conn: Conn | None = None
+        down = False
+        backoff = 1.0
+        started = False
+        try:
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = await self.open(ctx)
+                    delay = await self.step(ctx, conn)
+                    if down:
+                        log.info("sampler_postgres_recovered", source=self.health.source)
+                        down = False
+                    self._unavailable_logged = False
+                    backoff = 1.0
+                except SourceUnavailable as e:
+                    if not self._unavailable_logged:
+                        log.warning("sampler_source_unavailable", reason=str(e),
+                                    retry_in_seconds=ctx.config.sampler.interval)
+                        self._unavailable_logged = True
+                    self.health.source = None
+                    delay = ctx.config.sampler.interval
+                except (psycopg.Error, OSError) as e:
+                    if not down:
+                        log.warning("sampler_postgres_lost", error=f"{type(e).__name__}: {e}".strip()[:300])
+                        self.health.postgres_outages += 1
+                        down = True
+                    await _close(conn)
+                    conn = None
+                    delay, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
+                if not started:
+                    task_status.started()
+                    started = True
+                ctx.liveness.beat(NAME)
+                # wake at least every interval: heartbeat, SIGHUP'd config, identity checks
+                await anyio.sleep(min(delay, ctx.config.sampler.interval))
+        finally:
+            await _close(conn)
+
+
+async def _close(conn: Conn | None) -> None:
+    if conn is not None and not conn.closed:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            await conn.close()
+
+
+def components(ctx: Context) -> list[Component]:
+    cfg = ctx.config.sampler
+    if not cfg.enabled:
+        return []
+    sampler = Sampler(ctx)
+    series = CollectorRegistry(auto_describe=True)
+    series.register(SamplerCollector(lambda: sampler.state.totals))
+    ctx.cached_metrics.append(CachedMetrics(series, lambda: sampler.version))
+    ctx.registry.register(SamplerHealthCollector(sampler.health))
+    ctx.status_sections[NAME] = sampler.status
+    return [Component(NAME, sampler.run, heartbeat_timeout=max(60.0, 6 * cfg.interval))]

@@ -1,0 +1,175 @@
+"""The counters the sampler owns, and how increments fold into bounded series.
+
+Every increment (a finished pg_stat_monitor bucket, or a pg_stat_statements delta) is added
+here; nothing from the source is ever exported directly, so a source reset cannot make an
+exported value go down.
+
+Folding, and why it never decreases a series: a queryid is *promoted* to its own series when it
+is in a batch's top-N by execution time and a slot is free (fewer than `top_n` queryids hold
+one). Once promoted it keeps its series for good: increments never move between series, and a
+series is never dropped or merged into `other`, because moving an accumulated value would make
+`other` jump (a false rate spike) and dropping it would break `sum by (...)`. Everything not
+promoted is added to `queryid="other"`, so a sum over queryid always equals the totals. The
+price is stickiness: a queryid that stops running keeps its (flat) series and its slot. A hard
+`max_series` cap bounds label combinations too: a new label set beyond it goes to the series
+whose labels are all "other". Both kinds of fold are counted in `series_folded`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+OTHER = "other"
+
+# (field, metric name without pgnode_query_ / _total, help: what one unit is)
+FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("calls", "calls", "Statements executed (one per call)."),
+    ("exec_seconds", "exec_seconds", "Seconds spent executing statements."),
+    ("plan_seconds", "plan_seconds", "Seconds spent planning statements."),
+    ("rows", "rows", "Rows returned or affected."),
+    ("shared_blks_hit", "shared_blocks_hit", "Shared buffer hits (one per block)."),
+    ("shared_blks_read", "shared_blocks_read", "Shared blocks read (one per block)."),
+    ("shared_blks_dirtied", "shared_blocks_dirtied", "Shared blocks dirtied (one per block)."),
+    ("shared_blks_written", "shared_blocks_written", "Shared blocks written (one per block)."),
+    ("local_blks_hit", "local_blocks_hit", "Local buffer hits (one per block)."),
+    ("local_blks_read", "local_blocks_read", "Local blocks read (one per block)."),
+    ("temp_blks_read", "temp_blocks_read", "Temp blocks read (one per block)."),
+    ("temp_blks_written", "temp_blocks_written", "Temp blocks written (one per block)."),
+    ("blk_read_seconds", "block_read_seconds", "Seconds reading blocks (needs track_io_timing)."),
+    ("blk_write_seconds", "block_write_seconds", "Seconds writing blocks (needs track_io_timing)."),
+    ("wal_records", "wal_records", "WAL records generated."),
+    ("wal_fpi", "wal_fpi", "WAL full-page images generated."),
+    ("wal_bytes", "wal_bytes", "WAL bytes generated."),
+    ("cpu_user_seconds", "cpu_user_seconds", "User CPU seconds (pg_stat_monitor only)."),
+    ("cpu_sys_seconds", "cpu_system_seconds", "System CPU seconds (pg_stat_monitor only)."),
+)
+NFIELDS = len(FIELDS)
+CALLS, EXEC = 0, 1
+
+
+@dataclass(slots=True)
+class QueryRow:
+    """One source row, already in base units. `resp_calls` is the per-bin latency count or None."""
+
+    queryid: str
+    labels: tuple[str, ...]
+    values: list[float]
+    resp_calls: list[float] | None = None
+
+
+@dataclass
+class Totals:
+    label_names: tuple[str, ...]
+    series: dict[tuple[str, ...], list[float]] = field(default_factory=dict)  # (queryid, *labels)
+    le: tuple[float, ...] = ()
+    hist: dict[tuple[str, ...], list[float]] = field(default_factory=dict)  # labels -> bins + [sum]
+    errors: dict[tuple[str, str], float] = field(default_factory=dict)  # (elevel, sqlcode)
+    kept: dict[str, None] = field(default_factory=dict)  # promoted queryids, insertion-ordered
+    buckets_missed: int = 0
+    series_folded: int = 0
+
+    def relabel(self, label_names: tuple[str, ...]) -> bool:
+        """A new label list (SIGHUP) starts new series: old ones have other label names, so
+        Prometheus sees new series, not a decrease. Returns whether anything was dropped."""
+        if label_names == self.label_names:
+            return False
+        self.label_names, self.series, self.hist = label_names, {}, {}
+        return True
+
+    def set_bounds(self, le: tuple[float, ...]) -> bool:
+        """Histogram bounds changed (GUCs changed at a server restart): histograms start over."""
+        if le == self.le:
+            return False
+        self.le, self.hist = le, {}
+        return True
+
+    def add_errors(self, errors: Iterable[tuple[str, str, float]]) -> None:
+        for elevel, sqlcode, calls in errors:
+            k = (elevel, sqlcode)
+            self.errors[k] = self.errors.get(k, 0.0) + calls
+
+    def add(self, rows: Iterable[QueryRow], top_n: int, max_series: int) -> int:
+        """Adds one batch (one bucket, or one delta read); returns the folded aggregates.
+
+        Rows are first summed over everything not exported (user, db, client, plan, toplevel...),
+        never overwritten: two users running the same queryid in one bucket both count.
+        """
+        agg: dict[tuple[str, tuple[str, ...]], QueryRow] = {}
+        for r in rows:
+            k = (r.queryid, r.labels)
+            a = agg.get(k)
+            if a is None:
+                agg[k] = QueryRow(r.queryid, r.labels, list(r.values),
+                                  list(r.resp_calls) if r.resp_calls is not None else None)
+                continue
+            a.values = [x + y for x, y in zip(a.values, r.values, strict=True)]
+            if a.resp_calls is not None and r.resp_calls is not None:
+                a.resp_calls = [x + y for x, y in zip(a.resp_calls, r.resp_calls, strict=True)]
+            else:
+                a.resp_calls = None
+        self._promote(agg.values(), top_n)
+        folded = 0
+        all_other = (OTHER,) * (1 + len(self.label_names))
+        for a in agg.values():
+            qid = a.queryid if a.queryid in self.kept else OTHER
+            key = (qid, *a.labels)
+            if key not in self.series and len(self.series) >= max_series:
+                key = all_other
+            if key[0] != a.queryid or key[1:] != a.labels:
+                folded += 1
+            cur = self.series.get(key)
+            if cur is None:
+                cur = self.series[key] = [0.0] * NFIELDS
+            for i, v in enumerate(a.values):
+                cur[i] += v
+            self._observe(key[1:], a)
+        self.series_folded += folded
+        return folded
+
+    def _promote(self, aggs: Iterable[QueryRow], top_n: int) -> None:
+        if len(self.kept) >= top_n:
+            return
+        exec_by_q: dict[str, float] = {}
+        for a in aggs:
+            exec_by_q[a.queryid] = exec_by_q.get(a.queryid, 0.0) + a.values[EXEC]
+        for q in sorted(exec_by_q, key=lambda q: (-exec_by_q[q], q))[:top_n]:
+            if len(self.kept) >= top_n:
+                break
+            self.kept.setdefault(q, None)
+
+    def _observe(self, labels: tuple[str, ...], a: QueryRow) -> None:
+        if a.resp_calls is None or not self.le or len(a.resp_calls) != len(self.le):
+            return
+        h = self.hist.get(labels)
+        if h is None:
+            h = self.hist[labels] = [0.0] * (len(self.le) + 1)
+        for i, c in enumerate(a.resp_calls):
+            h[i] += c
+        h[-1] += a.values[EXEC]
+
+    # ------------------------------------------------------------------ persistence
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label_names": list(self.label_names),
+            "series": [[list(k), v] for k, v in self.series.items()],
+            "le": ["+Inf" if b == float("inf") else b for b in self.le],
+            "hist": [[list(k), v] for k, v in self.hist.items()],
+            "errors": [[list(k), v] for k, v in self.errors.items()],
+            "kept": list(self.kept),
+            "buckets_missed": self.buckets_missed,
+            "series_folded": self.series_folded,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Totals:
+        t = cls(label_names=tuple(d["label_names"]))
+        t.series = {tuple(k): [float(x) for x in v] for k, v in d["series"] if len(v) == NFIELDS}
+        t.le = tuple(float("inf") if b == "+Inf" else float(b) for b in d["le"])
+        t.hist = {tuple(k): [float(x) for x in v] for k, v in d["hist"]}
+        t.errors = {(str(k[0]), str(k[1])): float(v) for k, v in d["errors"]}
+        t.kept = dict.fromkeys(d["kept"])
+        t.buckets_missed = int(d["buckets_missed"])
+        t.series_folded = int(d["series_folded"])
+        return t

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from agent.core.config import Duration, RepackConfig, RepackWindow
+from agent.repack.candidates import (
+    Assessment,
+    DatabaseFacts,
+    TableFacts,
+    assess,
+    estimate_bloat,
+    matches,
+    order,
+)
+
+MiB = 1024 * 1024
+W = RepackWindow(cron="0 2 * * *", duration=Duration(3600), include=["public.*", "app.*"],
+                 exclude=["app.audit_*"], min_table_bytes=10 * MiB, max_table_bytes=1000 * MiB,
+                 bloat_ratio=0.3, min_interval=Duration(86400))
+CFG = RepackConfig(min_free_disk_ratio=2.2)
+DB = DatabaseFacts(extension_version="1.4.8", binary_version="1.4.8")
+# 100 MiB heap holding 200k rows of 100 + 28 bytes: ~25.7 MB expected, 75 % bloat
+T = TableFacts(database="db", oid=1, schema="public", table="t", heap_bytes=100 * MiB, total_bytes=120 * MiB,
+               reltuples=200_000, row_width=100.0, dead_tuples=0, live_tuples=200_000)
+
+
+def _assess(t: TableFacts = T, db: DatabaseFacts = DB, free: int = 10**12,
+            last: float | None = None) -> Assessment:
+    return assess(t, db, W, CFG, free_disk_bytes=free, last_success=last, now=1_000_000.0)
+
+
+def test_bloated_table_with_a_key_is_eligible() -> None:
+    a = _assess()
+    assert a.eligible and a.method == "statistics" and 0.7 < a.bloat < 0.8
+
+
+def test_pgstattuple_approx_figure_wins_over_statistics() -> None:
+    bloat, method = estimate_bloat(dataclasses.replace(T, approx_bloat=0.42))
+    assert (bloat, method) == (0.42, "pgstattuple_approx")
+
+
+def test_statistics_estimate_of_a_tight_table_is_low() -> None:
+    # 200k rows x 128 bytes = ~25.6 MB: a 26 MiB heap is hardly bloated
+    bloat, _ = estimate_bloat(dataclasses.replace(T, heap_bytes=26 * MiB))
+    assert bloat < 0.1
+
+
+def test_never_analyzed_table_falls_back_to_dead_tuple_ratio() -> None:
+    bloat, method = estimate_bloat(dataclasses.replace(T, reltuples=-1, row_width=None, dead_tuples=70,
+                                                       live_tuples=30))
+    assert (round(bloat, 2), method) == (0.7, "dead_tuples")
+
+
+@pytest.mark.parametrize(("name", "ok"), [("public.t", True), ("app.orders", True), ("app.audit_2024", False),
+                                          ("other.t", False)])
+def test_include_and_exclude_globs(name: str, ok: bool) -> None:
+    assert matches(name, W.include, W.exclude) is ok
+
+
+@pytest.mark.parametrize(("change", "skip"), [
+    ({"schema": "other"}, "excluded"),
+    ({"total_bytes": 5 * MiB}, "too_small"),
+    ({"total_bytes": 2000 * MiB}, "too_large"),
+    ({"heap_bytes": 3 * MiB}, "below_bloat_ratio"),
+])
+def test_window_filters_skip_without_refusing(change: dict[str, object], skip: str) -> None:
+    a = _assess(dataclasses.replace(T, **change))  # type: ignore[arg-type]
+    assert a.skip == skip and not a.eligible
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"has_key": False}, "no_primary_key"),
+    ({"persistent": False}, "unlogged"),
+    ({"invalid_index": True}, "invalid_index"),
+    ({"deferrable_unique": True}, "deferrable_unique"),
+    ({"vacuum_running": True}, "vacuum_running"),
+    ({"xid_age": 190_000_000}, "relfrozenxid_age"),
+])
+def test_table_refusals_are_named(change: dict[str, object], reason: str) -> None:
+    a = _assess(dataclasses.replace(T, **change))  # type: ignore[arg-type]
+    assert a.refusals == [reason]
+
+
+@pytest.mark.parametrize(("db", "reason"), [
+    (DatabaseFacts(extension_version=None, binary_version="1.4.8"), "extension_missing"),
+    (DatabaseFacts(extension_version="1.4.7", binary_version="1.4.8"), "version_mismatch"),
+    (DatabaseFacts(extension_version="1.4.8", binary_version="1.4.8", all_tables_publication=True),
+     "all_tables_publication"),
+    (DatabaseFacts(extension_version="1.4.8", binary_version="1.4.8", logical_slot=True), "logical_slot"),
+])
+def test_database_refusals_are_named(db: DatabaseFacts, reason: str) -> None:
+    assert _assess(db=db).refusals == [reason]
+
+
+def test_not_enough_free_disk_is_refused() -> None:
+    assert _assess(free=int(2.1 * T.total_bytes)).refusals == ["insufficient_disk"]
+    assert _assess(free=int(2.3 * T.total_bytes)).refusals == []
+
+
+def test_repacked_recently_is_refused_until_the_interval_has_passed() -> None:
+    assert _assess(last=1_000_000.0 - 3600).refusals == ["repacked_recently"]
+    assert _assess(last=1_000_000.0 - 90_000).refusals == []
+
+
+def test_most_reclaimable_bytes_first() -> None:
+    small = _assess(dataclasses.replace(T, table="small", heap_bytes=20 * MiB))
+    big = _assess()
+    assert [a.facts.table for a in order([small, big])] == ["t", "small"]
