@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from agent.cluster import hooks, patroni_api, pg_role
 from agent.cluster.etcd import Etcd
 from agent.cluster.keys import Keys
@@ -27,5 +29,6 @@ def components(ctx: Context) -> list[Component]:
         Component("watchdog", feeder.run),
     ]
     if cfg.hooks:
-        comps.append(Component("hooks", hooks.run, heartbeat_timeout=float("inf")))
+        hm = hooks.HookMetrics(ctx.registry)
+        comps.append(Component("hooks", functools.partial(hooks.run, m=hm), heartbeat_timeout=float("inf")))
     return comps

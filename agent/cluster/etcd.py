@@ -28,12 +28,20 @@ class EtcdUnavailable(Exception):
 
 
 class WatchDied(Exception):
-    """The stream ended: error frame, cancel, EOF, bad JSON or deadline. One path handles all."""
+    """The stream ended: error frame, cancel, EOF, bad JSON or deadline. One path handles all;
+    `reason` is a bounded label value for pgnode_etcd_watch_restarts_total."""
+
+    def __init__(self, message: str, reason: str = "error") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+WATCH_REASONS = ("deadline", "eof", "error_frame", "canceled", "compacted", "bad_json", "http", "connect")
 
 
 class Compacted(WatchDied):
     def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted (compact_revision={compact_revision})")
+        super().__init__(f"revision compacted (compact_revision={compact_revision})", "compacted")
         self.compact_revision = compact_revision
 
 
@@ -119,38 +127,40 @@ class Etcd:
             try:
                 async with http.stream("POST", f"{self.endpoint}/v3/watch", json=body) as resp:
                     if resp.status_code != 200:
-                        raise WatchDied(f"HTTP {resp.status_code}")
+                        raise WatchDied(f"HTTP {resp.status_code}", "http")
                     lines = resp.aiter_lines()
                     while True:
                         with anyio.fail_after(self.watch_deadline):
                             try:
                                 line = await lines.__anext__()
                             except StopAsyncIteration:
-                                raise WatchDied("stream ended (EOF)") from None
+                                raise WatchDied("stream ended (EOF)", "eof") from None
                         if not line.strip():
                             continue
                         yield _parse(line)
             except TimeoutError:
-                raise WatchDied(f"no message within {self.watch_deadline:g}s") from None
+                raise WatchDied(f"no message within {self.watch_deadline:g}s", "deadline") from None
+            except httpx.ConnectError as e:
+                raise WatchDied(f"{type(e).__name__}: {e}", "connect") from None
             except httpx.HTTPError as e:
-                raise WatchDied(f"{type(e).__name__}: {e}") from None
+                raise WatchDied(f"{type(e).__name__}: {e}", "http") from None
 
 
 def _parse(line: str) -> WatchEvent:
     try:
         msg = json.loads(line)
     except ValueError:
-        raise WatchDied("bad JSON on the watch stream") from None
+        raise WatchDied("bad JSON on the watch stream", "bad_json") from None
     if "error" in msg:
         err = msg["error"]
-        raise WatchDied(f"error frame: {err.get('message', err) if isinstance(err, dict) else err}")
+        raise WatchDied(f"error frame: {err.get('message', err) if isinstance(err, dict) else err}", "error_frame")
     res = msg.get("result")
     if not isinstance(res, dict):
-        raise WatchDied("message without result")
+        raise WatchDied("message without result", "bad_json")
     if res.get("compact_revision") and int(res["compact_revision"]) > 0:
         raise Compacted(int(res["compact_revision"]))
     if res.get("canceled"):
-        raise WatchDied(f"watch canceled: {res.get('cancel_reason', '')}")
+        raise WatchDied(f"watch canceled: {res.get('cancel_reason', '')}", "canceled")
     rev = int(res.get("header", {}).get("revision", 0))
     changes = []
     for ev in res.get("events", []):

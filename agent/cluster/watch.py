@@ -13,7 +13,9 @@ import anyio.abc
 import structlog
 
 from agent.cluster.cache import KeyCache, KeyChange
-from agent.cluster.etcd import Compacted, Etcd, EtcdUnavailable, WatchDied, backoff
+from prometheus_client import Counter, Gauge
+
+from agent.cluster.etcd import WATCH_REASONS, Compacted, Etcd, EtcdUnavailable, WatchDied, backoff
 from agent.cluster.keys import Keys, parse_failover, parse_member_role
 from agent.core.context import Context
 from agent.core.events import DcsAvailability, FailoverPending, LeaderChanged, MembersChanged
@@ -24,6 +26,12 @@ log = structlog.get_logger("cluster_watch")
 class ClusterWatch:
     def __init__(self, ctx: Context, etcd: Etcd, keys: Keys) -> None:
         self.ctx = ctx
+        self.restarts = Counter("pgnode_etcd_watch_restarts", "Watch streams re-established, by why the "
+                                "previous one ended.", ["reason"], registry=ctx.registry)
+        for r in WATCH_REASONS:
+            self.restarts.labels(r)
+        self.revision = Gauge("pgnode_etcd_revision", "Last etcd revision applied from the scope's watch.",
+                              registry=ctx.registry)
         self.etcd = etcd
         self.keys = keys
         self.cache = KeyCache()
@@ -45,12 +53,14 @@ class ClusterWatch:
                         started = True
                 await self._stream()
             except Compacted as e:
+                self.restarts.labels(e.reason).inc()
                 log.warning("watch_compacted", compact_revision=e.compact_revision, revision=self.cache.revision)
                 need_list = True
                 self.resyncs += 1
                 continue
             except (WatchDied, EtcdUnavailable) as e:
                 self.stream_deaths += 1
+                self.restarts.labels(e.reason if isinstance(e, WatchDied) else "connect").inc()
                 if self.listed and isinstance(e, WatchDied) and await self._probe():
                     # a silent or reset stream while etcd answers: resume at once, no DCS flap
                     log.info("watch_resumed", reason=str(e), revision=self.cache.revision,
@@ -85,6 +95,7 @@ class ClusterWatch:
         rev, kvs = await self.etcd.range_prefix(self.keys.prefix)
         self._dcs(True, "")
         changes = self.cache.sync(rev, kvs)
+        self.revision.set(self.cache.revision)
         if not self.listed:
             self.listed = True
             # first listing: report the leader key's state even when absent
@@ -100,6 +111,7 @@ class ClusterWatch:
             self._dcs(True, "")
             changes = [c for c in (self.cache.apply(kv) for kv in msg.changes) if c]
             self.cache.revision = max(self.cache.revision, msg.revision)
+            self.revision.set(self.cache.revision)
             self._emit(changes, msg.revision)
 
     def _emit(self, changes: list[KeyChange], revision: int) -> None:

@@ -68,6 +68,10 @@ def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, own_agen
                detail=lambda: summary(own_agents))
     for a in own_agents:
         assert "pgnode_leader_changes_total 1.0" in a.metrics(), a.name
+        # Patroni writes the failover key before it lets go of the leader key: every agent saw it first
+        events = [json.loads(line) for line in a.proc.log_path.read_text().splitlines() if line.startswith("{")]
+        names = [(e.get("event"), e.get("new")) for e in events]
+        assert names.index(("failover_pending_changed", True)) < names.index(("leader_changed", new)), a.name
     # the old primary's agent logged its way from primary to replica (through "unknown" while
     # Patroni restarts PostgreSQL), one role_changed event per step
     steps = [json.loads(line) for line in own_agents[old].proc.log_path.read_text().splitlines()
@@ -105,3 +109,37 @@ def test_agent_for_another_member_than_patroni_exits_78(run_dir: Path, cluster: 
     assert agent.proc.popen is not None
     assert agent.proc.popen.wait(30) == 78
     assert "node.name" in agent.proc.log_path.read_text()
+
+
+def test_kill9_of_the_primary_postmaster_is_reported_and_survived(fresh_cluster: Cluster,
+                                                                  own_agents: Agents) -> None:
+    leader = fresh_cluster.leader_name()
+    assert leader is not None
+    wait_until(lambda: settled(own_agents, leader), 20, "agents settled before", detail=lambda: summary(own_agents))
+    fresh_cluster.node(leader).kill9_postmaster()
+    a = own_agents[leader]
+    wait_until(lambda: state(a).get("postgres_up") is False, 10, "postgres down seen")
+    assert state(a)["confirmed_primary"] is False
+    # Patroni restarts PostgreSQL in place and keeps the lock: no failover
+    wait_until(lambda: settled(own_agents, leader), 40, "agents settled after restart in place",
+               detail=lambda: summary(own_agents))
+    for ag in own_agents:
+        assert "pgnode_leader_changes_total 0.0" in ag.metrics()
+        assert a.status()["components"]["pg_role"]["restarts"] == 0
+
+
+@pytest.mark.slow
+def test_loss_of_the_primary_node_moves_the_leader_for_every_surviving_agent(fresh_cluster: Cluster,
+                                                                            own_agents: Agents) -> None:
+    old = fresh_cluster.leader_name()
+    assert old is not None
+    wait_until(lambda: settled(own_agents, old), 20, "agents settled before", detail=lambda: summary(own_agents))
+    own_agents[old].stop()
+    fresh_cluster.node(old).kill9_all()
+    new = fresh_cluster.wait_for_leader(lambda n: n != old, 45)
+    survivors = [a for a in own_agents if a.name != old]
+    wait_until(lambda: all(state(a).get("leader") == new for a in survivors)
+               and state(own_agents[new]).get("confirmed_primary") is True, 30,
+               "survivors follow the new leader", detail=lambda: summary(own_agents))
+    for a in survivors:
+        assert "pgnode_leader_changes_total 1.0" in a.metrics()

@@ -62,3 +62,27 @@ async def test_feeding_stops_while_a_heartbeat_is_stale_and_resumes(tmp_path: Pa
     assert msgs and set(msgs) == {b"WATCHDOG=1"}
     written = device.read_bytes()
     assert written.startswith(b"1") and written.endswith(b"V")  # keepalives, then the magic close
+
+
+async def test_a_blocked_event_loop_stops_the_feed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    cfg = parse({"node": {"name": "n"}, "etcd": {"scope": "s"}})
+    ctx = Context.create(cfg)
+    name = f"pgnode-wd-{uuid.uuid4().hex}"
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        m = WatchdogMetrics(ctx.registry)
+        feeder = Feeder(ctx, m, Notifier("@" + name))
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                await tg.start(feeder.run, ctx)
+                while (ctx.registry.get_sample_value("pgnode_watchdog_feeds_total") or 0) < 2:
+                    await anyio.sleep(0.05)
+                time.sleep(1.0)  # noqa: ASYNC251 - the point: a wedged event loop
+                while not ctx.registry.get_sample_value("pgnode_watchdog_withheld_total"):
+                    await anyio.sleep(0.05)
+                assert (ctx.registry.get_sample_value("pgnode_event_loop_lag_seconds") or 0) > 0.5
+                tg.cancel_scope.cancel()
