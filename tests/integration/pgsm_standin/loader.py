@@ -19,7 +19,7 @@ import psycopg
 from psycopg import sql
 
 HERE = Path(__file__).parent
-DATA = Path("/work/shared/data/pg_stat_monitor")
+DATA = Path(__file__).resolve().parents[2] / "data" / "pg_stat_monitor"
 SEARCH_PATH = "pgsm_standin, pg_catalog, public"
 
 

@@ -1,5 +1,5 @@
 -- Schema-faithful stand-in for pg_stat_monitor 2.3 on PostgreSQL 15 (65 columns, same names,
--- types and order as the real view: /work/shared/data/pg_stat_monitor/pgsm_view_columns.csv).
+-- types and order as the real view: tests/data/pg_stat_monitor/pgsm_view_columns.csv).
 --
 -- The sampler runs the SQL it runs against the real extension. What makes that possible:
 -- * the view, pg_stat_monitor_version() and get_histogram_timings() live in schema pgsm_standin,

@@ -11,7 +11,7 @@ from agent.sampler.buckets import (
     seconds_until_next_ready,
 )
 
-DATA = Path("/work/shared/data/pg_stat_monitor")
+DATA = Path(__file__).resolve().parents[2] / "data" / "pg_stat_monitor"
 
 
 def test_bucket_is_ready_only_grace_after_its_end() -> None:
