@@ -9,6 +9,7 @@ per-message deadline; etcd's progress notifications keep a healthy idle stream t
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import random
 from collections.abc import AsyncIterator
@@ -102,7 +103,7 @@ class Etcd:
             try:
                 with anyio.fail_after(self.timeout + 1):
                     return await anyio.to_thread.run_sync(
-                        lambda: c.post(c.get_url(path), json=body), abandon_on_cancel=True)
+                        functools.partial(c.post, c.get_url(path), json=body), abandon_on_cancel=True)
             except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError) as e:
                 errors.append(f"{self.endpoint}: {type(e).__name__}")
                 self.rotate()

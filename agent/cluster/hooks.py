@@ -5,7 +5,6 @@ from __future__ import annotations
 import anyio
 import anyio.abc
 import structlog
-
 from prometheus_client import CollectorRegistry, Counter
 
 from agent.core import proc

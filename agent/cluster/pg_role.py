@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import anyio.abc
 import psycopg
@@ -16,7 +18,7 @@ log = structlog.get_logger("pg_role")
 
 async def run(ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
     started = False
-    conn: psycopg.AsyncConnection | None = None  # type: ignore[type-arg]
+    conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
     waker = Waker()
     try:
         async with anyio.create_task_group() as tg:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import anyio
 import anyio.abc
 import structlog
-
-from agent.cluster.cache import KeyCache, KeyChange
 from prometheus_client import Counter, Gauge
 
+from agent.cluster.cache import KeyCache, KeyChange
 from agent.cluster.etcd import WATCH_REASONS, Compacted, Etcd, EtcdUnavailable, WatchDied, backoff
 from agent.cluster.keys import Keys, parse_failover, parse_member_role
 from agent.core.context import Context

@@ -356,8 +356,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("postgres.port", f"out of range: {cfg.postgres.port}")
     if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
         raise ConfigError("http.tls_key_file", "tls_cert_file and tls_key_file go together")
-    for user, h in cfg.http.basic_auth_users.items():
-        if not (h.startswith(("$2a$", "$2b$", "$2y$")) or re.fullmatch(r"sha256:[0-9a-f]{64}", h)):
+    for user, hashed in cfg.http.basic_auth_users.items():
+        if not (hashed.startswith(("$2a$", "$2b$", "$2y$")) or re.fullmatch(r"sha256:[0-9a-f]{64}", hashed)):
             raise ConfigError(f"http.basic_auth_users.{user}", 'expected a bcrypt hash or "sha256:<hex>"')
     for d in ("interval", "grace"):
         if getattr(cfg.sampler, d) < 0:
@@ -470,7 +470,8 @@ def reference_markdown() -> str:
         if f.metadata.get("internal"):
             continue
         sub = _nested(hints[f.name])
-        assert sub is not None
+        if sub is None:
+            raise TypeError(f"Config.{f.name} must be a section")
         walk(sub[0], f.name, sub[1])
     return "\n".join(lines).rstrip() + "\n"
 
@@ -503,7 +504,7 @@ def _type_doc(tp: Any) -> str:
 def _default_doc(f: dataclasses.Field[Any]) -> str:
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
         return "**required**"
-    v = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    v = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
     if isinstance(v, Duration):
         return f'`"{_fmt_duration(v)}"`'
     if isinstance(v, bool):
@@ -565,7 +566,7 @@ def example_toml() -> str:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 out.append(f"{f.name} = " + _EXAMPLE_VALUES.get(path, '""'))
             else:
-                v = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                v = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
                 out.append(f"# {f.name} = {render(v)}")
         out.append("")
         for c, p, a in nested:
@@ -576,6 +577,7 @@ def example_toml() -> str:
         if f.metadata.get("internal"):
             continue
         sub = _nested(hints[f.name])
-        assert sub is not None
+        if sub is None:
+            raise TypeError(f"Config.{f.name} must be a section")
         walk(sub[0], f.name, sub[1])
     return "\n".join(out).rstrip() + "\n"

@@ -64,7 +64,7 @@ async def _until(
     deadline: float = 30.0,
 ) -> None:
     with anyio.fail_after(deadline):
-        while not cond():  # noqa: ASYNC110 - polling PostgreSQL and metrics: no event to wait on
+        while not cond():
             await anyio.sleep(0.1)
 
 

@@ -98,7 +98,7 @@ async def recent(ctx: Context, within: float) -> dict[str, Any]:
         return r[0] if r else None
 
     with anyio.fail_after(within):
-        while (got := first()) is None:  # noqa: ASYNC110 - polling a status view
+        while (got := first()) is None:
             await anyio.sleep(0.05)
     return got
 
@@ -166,7 +166,7 @@ async def test_nothing_starts_on_a_node_that_is_not_a_confirmed_primary(pg15: Pg
         ctx.publish(LeaderChanged(leader="n2", previous=None, revision=1))
         ctx.publish(PatroniObserved(up=True, role=Role.REPLICA))
         with anyio.fail_after(10):
-            while "confirmed_primary" not in ctx.status_sections["repack"]()["waiting_for"]:  # noqa: ASYNC110
+            while "confirmed_primary" not in ctx.status_sections["repack"]()["waiting_for"]:
                 await anyio.sleep(0.05)
         assert filenode(pg15, db)[0] == node_before
         assert ctx.status_sections["repack"]()["recent"] == []

@@ -122,7 +122,7 @@ async def test_run_loop_survives_a_missing_database_and_reports_started(
         with anyio.fail_after(10):
             await tg.start(comp.run, ctx)
         with anyio.fail_after(10):
-            while sampler.health.postgres_outages < 1:  # noqa: ASYNC110 (a counter, no event to await)
+            while sampler.health.postgres_outages < 1:
                 await anyio.sleep(0.05)
         tg.cancel_scope.cancel()
     assert sampler.health.postgres_outages == 1  # logged and counted once, not per retry

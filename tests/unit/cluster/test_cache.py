@@ -4,7 +4,7 @@ import pytest
 
 from agent.cluster.cache import KeyCache
 from agent.cluster.etcd import Compacted, WatchDied, _parse, b64, prefix_end
-from agent.cluster.keys import KeyValue, Keys, parse_failover, parse_member_role
+from agent.cluster.keys import Keys, KeyValue, parse_failover, parse_member_role
 
 
 def test_replayed_leader_event_after_resume_is_not_reported_twice() -> None:
