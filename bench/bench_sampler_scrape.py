@@ -1,8 +1,15 @@
 """Scrape cost of the sampler with N distinct statements in the pg_stat_monitor stand-in.
 
 Starts a throwaway PostgreSQL 15 (agent.lab), installs the stand-in, writes N distinct queryids
-(x 4 users) into one finished bucket, lets the sampler ingest it, then times generate_latest()
-on the registry and reports series count, bytes per scrape and the process RSS.
+(x 4 users) into one finished bucket, lets the sampler ingest it, then times two renders:
+
+- `generate_latest` of every registry (the live one plus the query series' cached one): what a
+  scrape would cost if the query series were rendered on every scrape;
+- the agent's real render path, `agent.core.http.Api(...).metrics("")`, built like
+  agent/core/supervisor.py does with `ctx.cached_metrics`: the first call after an ingest
+  renders the query series, later calls serve their cached bytes;
+
+and reports series count, bytes per scrape and the process RSS (now and peak).
 
     .venv/bin/python bench/bench_sampler_scrape.py [N ...]
 """
@@ -11,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import resource
-import shutil
 import statistics
 import sys
 import time
@@ -23,6 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.core import config as config_mod
+from agent.core import http
 from agent.core.context import Context
 from agent.lab.postgres import PgInstance
 from agent.lab.rundir import new_run_dir, remove_run_dir
@@ -89,31 +96,44 @@ async def one(pg: PgInstance, n: int, state_dir: Path) -> None:
     s: Sampler = comp.run.__self__  # type: ignore[attr-defined]
     s.state.watermark = int(bucket.timestamp()) - 60  # as if the previous bucket had been read
     conn = await s.open(ctx)
+    rss_before, peak_before = rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     await s.step(ctx, conn)
     ingest = time.perf_counter() - t0
     await conn.close()
-    times, size = [], 0
+    registries = [ctx.registry, *(c.registry for c in ctx.cached_metrics)]
+    full_times, full = [], b""
     for _ in range(50):
         t = time.perf_counter()
-        out = generate_latest(ctx.registry)
-        times.append(time.perf_counter() - t)
-        size = len(out)
-    series = sum(1 for line in out.splitlines() if line and not line.startswith(b"#"))
+        full = b"".join(generate_latest(r) for r in registries)
+        full_times.append(time.perf_counter() - t)
+    api = http.Api(ctx.registry, lambda: (True, {}), lambda: {}, {}, ctx.cached_metrics)
+    t = time.perf_counter()
+    body, _ctype = api.metrics("")  # first scrape after the ingest: renders the query series
+    first = time.perf_counter() - t
+    api_times = []
+    for _ in range(50):
+        t = time.perf_counter()
+        body, _ctype = api.metrics("")
+        api_times.append(time.perf_counter() - t)
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    full_series = sum(1 for line in full.splitlines() if line and not line.startswith(b"#"))
     print(
-        f"N={n} rows={n * 4} read+ingest={ingest * 1000:.0f} ms (read {s.health.last_duration * 1000:.0f} ms) "
-        f"query series={len(s.state.totals.series)} folded={s.state.totals.series_folded} "
-        f"exposition lines={series} bytes/scrape={size} scrape p50={statistics.median(times) * 1000:.2f} ms "
-        f"max={max(times) * 1000:.2f} ms RSS={rss_mb():.1f} MB (peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MB)"
+        f"N={n} rows={n * 4} read+ingest={ingest * 1000:.0f} ms (read {(s.health.last_duration or 0.0) * 1000:.0f} ms) "
+        f"query series={len(s.state.totals.series)} folded={s.state.totals.series_folded}\n"
+        f"  generate_latest (all registries, every scrape): lines={full_series} bytes={len(full)} "
+        f"p50={statistics.median(full_times) * 1000:.2f} ms max={max(full_times) * 1000:.2f} ms\n"
+        f"  Api.metrics (agent render path): lines={series} bytes={len(body)} "
+        f"first after ingest={first * 1000:.2f} ms, cached p50={statistics.median(api_times) * 1000:.3f} ms "
+        f"max={max(api_times) * 1000:.3f} ms\n"
+        f"  RSS before the read {rss_before:.1f} MiB (peak so far {peak_before:.1f} MiB, the loader's COPY "
+        f"included), after ingest and renders {rss_mb():.1f} MiB "
+        f"(peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB)"
     )
 
 
 async def main(ns: list[int]) -> None:
-    if (
-        shutil.which("prometheus-postgres-exporter") is None
-        and not Path("/usr/bin/prometheus-postgres-exporter").exists()
-    ):
-        print("prometheus-postgres-exporter is not installed: side-by-side comparison skipped")
+    # postgres_exporter side by side (pg_stat_statements): bench/bench_exporter_side_by_side.py
     run = new_run_dir("pgna-bench-")
     pg = PgInstance(run)
     pg.start()

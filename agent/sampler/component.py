@@ -13,7 +13,6 @@ import anyio
 import anyio.abc
 import psycopg
 import structlog
-
 from prometheus_client import CollectorRegistry
 
 from agent.core.context import CachedMetrics, Context

@@ -114,7 +114,7 @@ class _BucketAggs:
     once a row of that aggregate had none). The sums are made exactly as Totals.add makes them
     (row order, same float operations), so feeding these aggregates changes nothing."""
 
-    __slots__ = ("index", "keys", "vals", "resp")
+    __slots__ = ("index", "keys", "resp", "vals")
 
     def __init__(self) -> None:
         self.index: dict[tuple[str, tuple[str, ...]], int] = {}
@@ -161,6 +161,7 @@ class Batches:
         self.errors: dict[tuple[str, str], float] = {}
         self.histogram_mismatches = 0
         self.rows = 0
+        self._labels: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per label set
 
     def add_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
         first_value = _LABELS_AT + self.nlabels
@@ -180,7 +181,8 @@ class Batches:
             aggs = self.buckets.get(bucket)
             if aggs is None:
                 aggs = self.buckets[bucket] = _BucketAggs()
-            aggs.add(r[1], tuple(r[_LABELS_AT:first_value]), vals, resp)
+            labels = tuple(r[_LABELS_AT:first_value])
+            aggs.add(r[1], self._labels.setdefault(labels, labels), vals, resp)
 
 
 def _ts(epoch: int) -> datetime:

@@ -37,16 +37,24 @@ INFO = "SELECT dealloc, stats_reset::text AS stats_reset FROM pg_stat_statements
 _FIRST_VALUE = 6
 
 
+_ZERO = 0.0
+
+
 class Entries(Mapping[Key, Entry]):
     """One read of pg_stat_statements, held compactly while it streams in: the values of every
     entry in one array of doubles (19 x 8 bytes an entry), queryids as ints, label tuples
     shared. `Entry` objects are made on access, so the read costs ~0.3 KB an entry instead of a
-    row tuple plus an Entry with a list of boxed floats (~1.5 KB)."""
+    row tuple plus an Entry with a list of boxed floats (~1.5 KB).
 
-    __slots__ = ("_index", "_labels", "_qids", "_vals", "_names", "_label_cache")
+    The floats an Entry hands out are the previous read's objects wherever the value did not
+    change (and one shared 0.0 otherwise), so the new `prev` that PgssDeltas.apply() keeps
+    shares them with the old one instead of doubling every entry's 19 boxed floats."""
 
-    def __init__(self, label_names: tuple[str, ...]) -> None:
+    __slots__ = ("_index", "_label_cache", "_labels", "_names", "_prev", "_qids", "_vals")
+
+    def __init__(self, label_names: tuple[str, ...], prev: Mapping[Key, list[float]] | None = None) -> None:
         self._names = label_names
+        self._prev = prev
         self._index: dict[Key, int] = {}
         self._qids: array[int] = array("q")
         self._labels: list[tuple[str, ...]] = []
@@ -72,11 +80,17 @@ class Entries(Mapping[Key, Entry]):
                 self._labels[i] = labels
                 self._vals[i * NFIELDS:(i + 1) * NFIELDS] = array("d", r[_FIRST_VALUE:])
 
-    def _entry(self, i: int) -> Entry:
-        return Entry(str(self._qids[i]), self._labels[i], self._vals[i * NFIELDS:(i + 1) * NFIELDS].tolist())
+    def _entry(self, key: Key, i: int) -> Entry:
+        vals = self._vals[i * NFIELDS:(i + 1) * NFIELDS].tolist()
+        old = self._prev.get(key) if self._prev is not None else None
+        if old is not None and len(old) == NFIELDS:
+            vals = [o if o == v else v for o, v in zip(old, vals, strict=True)]
+        else:
+            vals = [_ZERO if v == 0.0 else v for v in vals]
+        return Entry(str(self._qids[i]), self._labels[i], vals)
 
     def __getitem__(self, key: Key) -> Entry:
-        return self._entry(self._index[key])
+        return self._entry(key, self._index[key])
 
     def __iter__(self) -> Iterator[Key]:
         return iter(self._index)
@@ -86,7 +100,7 @@ class Entries(Mapping[Key, Entry]):
 
     def items(self) -> Iterator[tuple[Key, Entry]]:  # type: ignore[override]
         for key, i in self._index.items():
-            yield key, self._entry(i)
+            yield key, self._entry(key, i)
 
 
 class PgStatStatements:
@@ -108,7 +122,7 @@ class PgStatStatements:
         if info is None:
             raise RuntimeError("pg_stat_statements_info returned no row")
         # streamed in chunks of tuple rows (25 columns read positionally) into compact storage
-        cur_entries = Entries(names)
+        cur_entries = Entries(names, st.pgss.prev)
         n = await read_chunks(conn, READ, None, cur_entries.add_rows)
         health.last_duration = time.perf_counter() - t0
         health.reads += 1

@@ -18,7 +18,7 @@ Query = str | sql.Composed
 # Rows fetched per round trip of a read. A read is consumed chunk by chunk, so the agent never
 # holds more than this many source rows at once, whatever the view's size (pg_stat_statements.max,
 # pg_stat_monitor's buckets x entries).
-CHUNK_ROWS = 2000
+CHUNK_ROWS = 500
 
 # pg_stat_monitor is detected by its view plus its version function rather than pg_extension
 # alone: that is what a read needs, and it also finds a schema-faithful stand-in in tests.
@@ -82,10 +82,9 @@ async def read_chunks(conn: Conn, query: Query, params: dict[str, Any] | None,
     cursor needs one, and it ends with the read.
     """
     n = 0
-    async with conn.transaction():
-        async with conn.cursor("pgna_sampler_read", row_factory=tuple_row) as cur:
-            await cur.execute(query, params)
-            while rows := await cur.fetchmany(chunk):
-                n += len(rows)
-                consume(rows)
+    async with conn.transaction(), conn.cursor("pgna_sampler_read", row_factory=tuple_row) as cur:
+        await cur.execute(query, params)
+        while rows := await cur.fetchmany(chunk):
+            n += len(rows)
+            consume(rows)
     return n

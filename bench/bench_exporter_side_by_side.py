@@ -1,0 +1,310 @@
+"""pg-node-agent vs postgres_exporter 0.11.1 on the same PostgreSQL 15, in one run.
+
+One throwaway PostgreSQL 15 (agent.lab.PgInstance, pg_stat_statements preloaded, its `max`
+raised above N) gets N distinct statements (distinct by shape: `SELECT c<a> FROM t WHERE c<b> = $1`
+over a 100-column table, so each has its own queryid). Then, one after the other:
+
+(a) the real agent process (`python -m agent -c CFG run`, `[sampler] source = "pg_stat_statements"`,
+    etcd and Patroni pointing at unused ports: the agent keeps serving through both outages).
+    Its first read primes; the N statements run once more, and once a read after that has
+    ingested the deltas, `/metrics` is scraped over one persistent HTTP connection;
+(b) Debian's `prometheus-postgres-exporter` 0.11.1 run directly (not the service) over the
+    socket, with `--extend.query-path` holding a PG15-correct pg_stat_statements section
+    (every row exported, 19 series per row, like the anchors), scraped the same way.
+
+Prints p50/p99 scrape time, bytes, series, VmRSS/VmHWM of each process and the exporter/agent
+ratios. Every process is stopped by PID at the end, also on error.
+
+    .venv/bin/python bench/bench_exporter_side_by_side.py [--n 10000] [--scrapes 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from psycopg import sql
+
+from agent.lab.ports import free_port
+from agent.lab.postgres import PgInstance
+from agent.lab.procs import Proc, wait_until
+from agent.lab.rundir import new_run_dir, remove_run_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
+COLUMNS = 100  # N distinct shapes from (select column, where column) pairs: up to 10,000
+SAMPLER_INTERVAL = 2.0
+
+# Debian's example queries.yaml has pre-PG13 names (total_time ...); these are PG15's.
+# 3 labels + 19 values per row, every row of the view exported (as in the anchors).
+EXPORTER_QUERIES = """\
+pg_stat_statements:
+  query: >-
+    SELECT r.rolname, d.datname, s.queryid, s.calls,
+           s.total_exec_time / 1000 AS total_time_seconds, s.min_exec_time / 1000 AS min_time_seconds,
+           s.max_exec_time / 1000 AS max_time_seconds, s.mean_exec_time / 1000 AS mean_time_seconds,
+           s.stddev_exec_time / 1000 AS stddev_time_seconds, s.rows,
+           s.shared_blks_hit, s.shared_blks_read, s.shared_blks_dirtied, s.shared_blks_written,
+           s.local_blks_hit, s.local_blks_read, s.local_blks_dirtied, s.local_blks_written,
+           s.temp_blks_read, s.temp_blks_written,
+           s.blk_read_time / 1000 AS blk_read_time_seconds, s.blk_write_time / 1000 AS blk_write_time_seconds
+    FROM pg_stat_statements s JOIN pg_roles r ON s.userid = r.oid JOIN pg_database d ON s.dbid = d.oid
+  master: true
+  metrics:
+{metrics}
+"""
+_LABELS = ("rolname", "datname", "queryid")
+_VALUES = (("calls", "COUNTER"), ("total_time_seconds", "COUNTER"), ("min_time_seconds", "GAUGE"),
+           ("max_time_seconds", "GAUGE"), ("mean_time_seconds", "GAUGE"), ("stddev_time_seconds", "GAUGE"),
+           ("rows", "COUNTER"), ("shared_blks_hit", "COUNTER"), ("shared_blks_read", "COUNTER"),
+           ("shared_blks_dirtied", "COUNTER"), ("shared_blks_written", "COUNTER"),
+           ("local_blks_hit", "COUNTER"), ("local_blks_read", "COUNTER"), ("local_blks_dirtied", "COUNTER"),
+           ("local_blks_written", "COUNTER"), ("temp_blks_read", "COUNTER"), ("temp_blks_written", "COUNTER"),
+           ("blk_read_time_seconds", "COUNTER"), ("blk_write_time_seconds", "COUNTER"))
+
+
+def exporter_queries() -> str:
+    lines = [f'    - {n}:\n        usage: "LABEL"\n        description: "{n}"' for n in _LABELS]
+    lines += [f'    - {n}:\n        usage: "{u}"\n        description: "{n}"' for n, u in _VALUES]
+    return EXPORTER_QUERIES.format(metrics="\n".join(lines))
+
+
+@dataclass
+class Result:
+    name: str
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    bytes: int
+    series: int
+    rss_mib: float
+    hwm_mib: float
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of `pid`, in MiB."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(rest.split()[0]) / 1024
+    return out
+
+
+def percentile(xs: list[float], p: float) -> float:
+    """Nearest rank."""
+    s = sorted(xs)
+    return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def scrape(name: str, port: int, path: str, pid: int, n: int) -> Result:
+    """`n` GETs over one persistent connection (after one warm-up GET), timed to the last byte."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        times: list[float] = []
+        body = b""
+        for i in range(n + 1):
+            t = time.perf_counter()
+            conn.request("GET", path)
+            r = conn.getresponse()
+            body = r.read()
+            dt = time.perf_counter() - t
+            if r.status != 200:
+                raise RuntimeError(f"{name} {path}: HTTP {r.status}")
+            if i:
+                times.append(dt)
+    finally:
+        conn.close()
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    st = proc_status(pid)
+    return Result(name, statistics.median(times) * 1000, percentile(times, 99) * 1000, max(times) * 1000,
+                  len(body), series, st["VmRSS"], st["VmHWM"])
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
+
+
+def fill(pg: PgInstance, n: int) -> None:
+    """One call of each of the N distinct statements, in one session (pipelined)."""
+    with pg.connect() as c, c.pipeline():
+        for i in range(n):
+            a, b = i % COLUMNS, i // COLUMNS
+            c.execute(sql.SQL("SELECT {} FROM bench_t WHERE {} = %s").format(
+                sql.Identifier(f"c{a}"), sql.Identifier(f"c{b}")), (i,))
+
+
+def agent_config(run: Path, pg: PgInstance, http_port: int) -> Path:
+    cfg = run / "agent.toml"
+    state = run / "agent-state"
+    state.mkdir(exist_ok=True)
+    cfg.write_text(
+        f'[node]\nname = "bench"\nstate_dir = {json.dumps(str(state))}\n'
+        f'[etcd]\nscope = "bench"\nendpoints = ["http://127.0.0.1:{free_port()}"]\n'
+        f'[patroni]\nurl = "http://127.0.0.1:{free_port()}"\n'
+        f'[postgres]\nhost = {json.dumps(str(pg.socket_dir))}\nport = {pg.port}\nuser = "postgres"\n'
+        f'dbname = "postgres"\n'
+        f'[sampler]\nsource = "pg_stat_statements"\ninterval = "{SAMPLER_INTERVAL:g}s"\n'
+        f"[archive]\nenabled = false\n"
+        f'[http]\nlisten = "127.0.0.1:{http_port}"\n[logging]\nformat = "json"\n'
+    )
+    return cfg
+
+
+def sampler_status(port: int) -> dict[str, Any]:
+    code, body = http_get(port, "/status")
+    if code != 200:
+        return {}
+    section = json.loads(body).get("sampler") or {}
+    return section if isinstance(section, dict) else {}
+
+
+def wait_reads(port: int, at_least: int, timeout: float, log: Path) -> dict[str, Any]:
+    def tail() -> str:
+        return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+
+    got = wait_until(lambda: (s := sampler_status(port)) and s.get("reads", 0) >= at_least and s,
+                     timeout, f"agent sampler reads >= {at_least}", interval=0.2, detail=tail)
+    assert isinstance(got, dict)
+    return got
+
+
+def run_agent(run: Path, pg: PgInstance, n: int, scrapes: int, procs: list[Proc]) -> tuple[Result, dict[str, Any]]:
+    port = free_port()
+    cfg = agent_config(run, pg, port)
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    agent = Proc("agent", [sys.executable, "-m", "agent", "-c", str(cfg), "run"], run / "agent.log",
+                 env=env, cwd=ROOT, accessible=lambda: http_get(port, "/health")[0] in (200, 503))
+    procs.append(agent)
+    agent.start(30)
+    assert agent.pid is not None
+    wait_reads(port, 1, 60, agent.log_path)  # the first read primes on the N entries
+    primed = proc_status(agent.pid)
+    fill(pg, n)  # one more call of each: N deltas for the next read
+    after_fill = sampler_status(port).get("reads", 0)
+    st = wait_reads(port, after_fill + 2, 60, agent.log_path)  # a read that began after the fill
+    ingested = proc_status(agent.pid)
+    res = scrape("pg-node-agent", port, "/metrics", agent.pid, scrapes)
+    return res, {"status": st, "rss_primed": primed, "rss_ingested": ingested}
+
+
+def run_exporter(run: Path, pg: PgInstance, scrapes: int, procs: list[Proc]) -> Result:
+    qpath = run / "queries-pg15.yaml"
+    qpath.write_text(exporter_queries())
+    port = free_port()
+    env = {"PATH": "/usr/bin:/bin",
+           "DATA_SOURCE_NAME": f"host={pg.socket_dir} port={pg.port} user=postgres dbname=postgres sslmode=disable"}
+    exp = Proc("postgres_exporter",
+               [str(EXPORTER), f"--web.listen-address=127.0.0.1:{port}", f"--extend.query-path={qpath}",
+                "--log.level=warn"],
+               run / "exporter.log", env=env, accessible=lambda: http_get(port, "/")[0] == 200)
+    procs.append(exp)
+    exp.start(30)
+    assert exp.pid is not None
+    return scrape("postgres_exporter 0.11.1", port, "/metrics", exp.pid, scrapes)
+
+
+def table(rows: list[Result]) -> str:
+    hdr = f"{'':26} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} {'bytes':>11} {'series':>8} {'VmRSS MiB':>10} {'VmHWM MiB':>10}"
+    out = [hdr]
+    for r in rows:
+        out.append(f"{r.name:26} {r.p50_ms:9.2f} {r.p99_ms:9.2f} {r.max_ms:9.2f} {r.bytes:11d} {r.series:8d} "
+                   f"{r.rss_mib:10.1f} {r.hwm_mib:10.1f}")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10000, help="distinct statements (at most 10000)")
+    ap.add_argument("--scrapes", type=int, default=30)
+    ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    args = ap.parse_args()
+    if not 1 <= args.n <= COLUMNS * COLUMNS:
+        ap.error(f"--n must be within 1..{COLUMNS * COLUMNS}")
+    have_exporter = EXPORTER.exists() or shutil.which("prometheus-postgres-exporter") is not None
+    pgss_max = max(5000, 2 * args.n + 1000)  # N plus the agent's/exporter's/setup's own, never evicted
+    run = new_run_dir("pgna-bench-side-")
+    pg = PgInstance(run, settings={"pg_stat_statements.max": pgss_max, "max_connections": 50})
+    procs: list[Proc] = []
+    ok = False
+    try:
+        pg.start()
+        cols = sql.SQL(", ").join(sql.SQL("{} int").format(sql.Identifier(f"c{i}")) for i in range(COLUMNS))
+        with pg.connect() as c:
+            c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            c.execute(sql.SQL("CREATE TABLE bench_t ({})").format(cols))
+            got_max = c.execute("SELECT current_setting('pg_stat_statements.max')").fetchone()
+        t = time.perf_counter()
+        fill(pg, args.n)
+        with pg.connect() as c:
+            row = c.execute("SELECT count(*), (SELECT dealloc FROM pg_stat_statements_info) "
+                            "FROM pg_stat_statements").fetchone()
+        assert row is not None and got_max is not None
+        print(f"PostgreSQL 15 {pg.socket_dir} port {pg.port}: pg_stat_statements.max={got_max[0]}, "
+              f"{row[0]} entries after filling N={args.n} in {time.perf_counter() - t:.1f}s, dealloc={row[1]}")
+
+        agent_res, extra = run_agent(run, pg, args.n, args.scrapes, procs)
+        st = extra["status"]
+        print(f"agent sampler: reads={st.get('reads')} series={st.get('series')} "
+              f"queryids_kept={st.get('queryids_kept')}; RSS after priming read "
+              f"{extra['rss_primed']['VmRSS']:.1f} MiB (HWM {extra['rss_primed']['VmHWM']:.1f}), "
+              f"after ingesting N deltas {extra['rss_ingested']['VmRSS']:.1f} MiB "
+              f"(HWM {extra['rss_ingested']['VmHWM']:.1f})")
+        procs[-1].stop()  # the agent is not running while the exporter is measured
+        with pg.connect() as c:
+            row = c.execute("SELECT count(*) FROM pg_stat_statements").fetchone()
+        assert row is not None
+        print(f"pg_stat_statements rows seen by the exporter: {row[0]}")
+        results = [agent_res]
+        if have_exporter:
+            results.append(run_exporter(run, pg, args.scrapes, procs))
+        else:
+            print(f"{EXPORTER} is not installed (apt-get install -y --no-install-recommends "
+                  "prometheus-postgres-exporter): exporter side skipped")
+        print()
+        print(f"N={args.n}, {args.scrapes} scrapes each over one persistent HTTP connection")
+        print(table(results))
+        if len(results) == 2:
+            a, e = results
+            ratio: Callable[[float, float], str] = lambda x, y: f"{x / y:.0f}x" if y else "n/a"  # noqa: E731
+            print(f"exporter/agent: scrape p50 {ratio(e.p50_ms, a.p50_ms)}, p99 {ratio(e.p99_ms, a.p99_ms)}, "
+                  f"bytes {ratio(e.bytes, a.bytes)}, series {ratio(e.series, a.series)}, "
+                  f"VmRSS {e.rss_mib / a.rss_mib:.1f}x, VmHWM {e.hwm_mib / a.hwm_mib:.1f}x")
+        ok = agent_res.p99_ms <= 10 and agent_res.rss_mib * 1.048576 <= 80  # MiB -> MB
+        print(f"agent target (scrape <= 10 ms, RSS <= 80 MB): {'met' if ok else 'MISSED'} "
+              f"(p99 {agent_res.p99_ms:.2f} ms, VmRSS {agent_res.rss_mib * 1.048576:.1f} MB, "
+              f"peak VmHWM {agent_res.hwm_mib * 1.048576:.1f} MB)")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        pg.stop()
+        if ok and not args.keep:
+            remove_run_dir(run)
+        else:
+            print(f"run directory kept: {run}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
