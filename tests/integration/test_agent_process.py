@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import shutil
 import signal
 import socket
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
 import time
 import uuid
 from collections.abc import Iterator
@@ -93,3 +100,53 @@ def test_identity_mismatch_is_not_retried_bad_config_exits_78(run_dir: Path, etc
     a = AgentProc(run_dir, etcd.url, extra='[watchdog]\ndevice = "/dev/watchdog"\n')
     a.start(wait=False)
     assert a.wait(30) == 78
+
+
+def test_password_never_reaches_logs_or_status(run_dir: Path, etcd: Etcd) -> None:
+    secret = run_dir / "pgpass"
+    secret.write_text("sup3r-s3cret-pw\n")
+    secret.chmod(0o600)
+    a = AgentProc(run_dir, etcd.url, scope=f"s{uuid.uuid4().hex[:8]}")
+    a.config.write_text(a.config.read_text().replace(
+        "[postgres]\n", f'[postgres]\npassword_file = "{secret}"\nconnect_timeout = "1s"\n', 1))
+    a.start().wait_ready()
+    try:
+        wait_until(lambda: any(e.get("event") == "postgres_unreachable" for e in a.logs()), 15, "pg error logged")
+        assert "sup3r-s3cret-pw" not in a.log_path.read_text()
+        assert "sup3r-s3cret-pw" not in a.get("/status")[1]
+    finally:
+        a.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+def test_tls_and_basic_auth_protect_the_endpoints(run_dir: Path, etcd: Etcd) -> None:
+    key, cert = run_dir / "key.pem", run_dir / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+    digest = hashlib.sha256(b"scrape-pw").hexdigest()
+    a = AgentProc(run_dir, etcd.url, scope=f"s{uuid.uuid4().hex[:8]}")
+    a.config.write_text(a.config.read_text().replace(
+        "[http]\n", f'[http]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n'
+                    f'basic_auth_users = {{ prom = "sha256:{digest}" }}\n', 1))
+    a.start(wait=False)
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+
+        def get(auth: str | None) -> int:
+            req = urllib.request.Request(f"https://127.0.0.1:{a.port}/metrics")
+            if auth:
+                req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=2) as r:  # noqa: S310
+                    return int(r.status)
+            except urllib.error.HTTPError as e:
+                return int(e.code)
+            except OSError:
+                return 0
+
+        wait_until(lambda: get("prom:scrape-pw") == 200, 20, "TLS /metrics with auth", detail=a.tail)
+        assert get(None) == 401 and get("prom:wrong") == 401
+        assert a.get("/metrics")[0] == 0  # plain HTTP is not served
+    finally:
+        a.stop()
