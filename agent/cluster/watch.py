@@ -119,8 +119,10 @@ class ClusterWatch:
             if ch.key == self.keys.leader:
                 self.ctx.publish(LeaderChanged(leader=ch.new or None, previous=ch.old, revision=ch.revision))
             elif ch.key == self.keys.failover:
+                # Patroni clears the key after a switchover by writing an empty value, not a delete
                 f = parse_failover(ch.new) if ch.new else None
-                self.ctx.publish(FailoverPending(pending=ch.new is not None, revision=ch.revision,
+                pending = f is not None and (f.leader is not None or f.candidate is not None)
+                self.ctx.publish(FailoverPending(pending=pending, revision=ch.revision,
                                                  candidate=f.candidate if f else None))
             elif ch.key.startswith(self.keys.members):
                 members_changed = True

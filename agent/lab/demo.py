@@ -2,7 +2,10 @@
 
 After about ten seconds it asks Patroni for a switchover and prints, per agent, when its
 `/status` showed the leader and role change, next to when Patroni's REST API named the new
-leader. It runs until Ctrl-C (or `duration` seconds), then stops every process it started.
+leader. A Prometheus (Debian's, `agent.lab.prometheus`) scrapes every agent and Patroni with the
+project's alert rules loaded (lab copy, shortened `for:`); the timeline also shows the alerts
+Prometheus itself reported going pending -> firing -> resolved, read from its `/api/v1/alerts`.
+It runs until Ctrl-C (or `duration` seconds), then stops every process it started.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from agent.lab.cluster import Cluster
 from agent.lab.etcd import ETCD_BIN, Etcd
 from agent.lab.patroni import PATRONI_BIN, PG_BIN_DIR, PatroniNode
 from agent.lab.procs import Proc, lab_user, pid_alive, pss_kib
+from agent.lab.prometheus import PROMETHEUS_BIN, Prometheus, lab_jobs
 from agent.lab.rundir import new_run_dir, remove_run_dir
 
 SWITCHOVER_AFTER = 10.0
@@ -92,8 +96,69 @@ class Timeline:
         return "\n".join(f"  +{e.at - since:7.3f}s  {e.who:<{width}}  {e.what}" for e in events)
 
 
+class AlertWatch:
+    """Alert states as Prometheus reports them (`/api/v1/alerts`), noted into the timeline.
+
+    An alert is keyed by its labels; a change of `state` (pending -> firing) is one observation,
+    and an alert that leaves the list is `resolved`. What was active when the watch started is
+    kept apart (`baseline`) and left out of the timeline: the demo did not cause it."""
+
+    def __init__(self, prom: Prometheus, timeline: Timeline) -> None:
+        self.prom = prom
+        self.timeline = timeline
+        self.baseline: dict[str, str] = {}
+        self.active: dict[str, str] = {}
+        self.changed: set[str] = set()  # alerts that changed state since the watch started
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def key(alert: dict[str, Any]) -> str:
+        labels = dict(alert.get("labels", {}))
+        name = str(labels.pop("alertname", "?"))
+        shown = {k: v for k, v in labels.items() if k in ("instance", "cluster", "component", "reason")}
+        if "instance" in shown:
+            shown.pop("cluster", None)
+        return name + "{" + ",".join(f"{k}={v}" for k, v in sorted(shown.items())) + "}"
+
+    def _read(self) -> dict[str, str] | None:
+        try:
+            return {self.key(a): str(a.get("state")) for a in self.prom.alerts()}
+        except Exception:
+            return None
+
+    def start(self) -> None:
+        self.baseline = self._read() or {}
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+
+    def settled(self) -> bool:
+        """No alert that changed since the start is still pending or firing."""
+        return not any(k in self.changed for k in self.active)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            now = self._read()
+            if now is None:
+                continue
+            now = {k: v for k, v in now.items() if k not in self.baseline}
+            for k, state in sorted(now.items()):
+                if self.active.get(k) != state:
+                    self.changed.add(k)
+                    self.timeline.note("prometheus", f"alert {k} {state}")
+            for k in sorted(set(self.active) - set(now)):
+                self.changed.add(k)
+                self.timeline.note("prometheus", f"alert {k} resolved")
+            self.active = now
+
+
 def _missing() -> list[str]:
-    need = [Path(ETCD_BIN), PATRONI_BIN, PG_BIN_DIR / "postgres", PG_BIN_DIR / "pgbench"]
+    need = [Path(ETCD_BIN), PATRONI_BIN, PG_BIN_DIR / "postgres", PG_BIN_DIR / "pgbench",
+            Path(PROMETHEUS_BIN)]
     missing = [str(p) for p in need if not p.exists()]
     if os.geteuid() == 0 and lab_user() is not None:
         try:
@@ -144,7 +209,9 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
     cluster = Cluster(run_dir, etcd.url, nodes=nodes, scope="demo")
     agents = Agents(run_dir, cluster, [etcd.url])
     pgbench = Proc("pgbench", [], run_dir / "pgbench.log")
+    prom = Prometheus(run_dir, lab_jobs(agents, cluster), lab_only_rules=True)
     timeline = Timeline(agents, cluster)
+    alerts = AlertWatch(prom, timeline)
     all_pids: list[int] = []
     ok = False
     try:
@@ -156,12 +223,15 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
         say(f"cluster healthy: leader {leader.name}, {nodes - 1} replicas streaming")
         agents.start()
         say(f"{nodes} agents healthy")
+        prom.start()
+        prom.wait_targets_up("pg-node-agent", nodes, timeout=30)
+        say(f"prometheus up at {prom.url}, scraping {nodes} agents and {nodes} Patroni every 1s")
         subprocess.run(_pgbench(run_dir, leader, "-i", "-s", "1", "-q"), check=True, timeout=120,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         pgbench.argv = _pgbench(run_dir, leader, "-c", "2", "-R", "50", "-T", "86400", "-n")
         pgbench.spawn()
         say("pgbench running: 2 clients, 50 tps")
-        all_pids = [p for p in [etcd.pid, *cluster.pids(), *agents.pids()] if p is not None]
+        all_pids = [p for p in [etcd.pid, *cluster.pids(), *agents.pids(), prom.pid] if p is not None]
         mem = sum(pss_kib(p) for p in all_pids) / 1024
         print()
         print(
@@ -175,14 +245,21 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
             "get --prefix /service/demo/ --keys-only"
         )
         print(f"  psql:     psql -h {leader.socket_dir} -p {leader.pg_port} -U postgres")
+        print(f"  prometheus: {prom.url}/alerts  {prom.url}/graph   (rules {prom.rules_path})")
         print()
         timeline.start()
+        alerts.start()
+        if alerts.baseline:
+            say("alerts already active before the switchover (Prometheus): "
+                + ", ".join(f"{k} {v}" for k, v in sorted(alerts.baseline.items())))
+            if any(k.startswith("PgNodeWatchdogNotFed") for k in alerts.baseline):
+                say("  (lab agents run without a systemd watchdog, so their last-feed timestamp stays 0)")
         deadline = time.monotonic() + duration if duration else None
         if switchover:
             wait = SWITCHOVER_AFTER if deadline is None else min(SWITCHOVER_AFTER, duration / 3)
             say(f"switchover in {wait:.0f}s (Ctrl-C to stop)")
             time.sleep(wait)
-            _do_switchover(cluster, timeline, pgbench, say)
+            _do_switchover(cluster, timeline, pgbench, say, alerts)
         say(
             "running; Ctrl-C to stop" if deadline is None else f"running until {duration:.0f}s after start-up"
         )
@@ -200,8 +277,10 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
         try:
             say("stopping")
             timeline.stop()
-            all_pids += [p for p in [etcd.pid, *cluster.pids(), *agents.pids(), pgbench.pid] if p is not None]
-            steps: list[Callable[[], object]] = [pgbench.stop, agents.stop, cluster.stop, etcd.stop]
+            alerts.stop()
+            all_pids += [p for p in [etcd.pid, *cluster.pids(), *agents.pids(), pgbench.pid, prom.pid]
+                         if p is not None]
+            steps: list[Callable[[], object]] = [pgbench.stop, prom.stop, agents.stop, cluster.stop, etcd.stop]
             for step in steps:
                 try:  # one failing step must not leave the later processes running
                     step()
@@ -221,7 +300,10 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
     return 0 if ok else 1
 
 
-def _do_switchover(cluster: Cluster, timeline: Timeline, pgbench: Proc, say: Any) -> None:
+ALERTS_SETTLE = 30.0
+
+
+def _do_switchover(cluster: Cluster, timeline: Timeline, pgbench: Proc, say: Any, alerts: AlertWatch) -> None:
     old = cluster.leader_name()
     candidate = next(n.name for n in cluster.nodes if n.name != old)
     say(f"switchover {old} -> {candidate} (POST /switchover)")
@@ -231,8 +313,17 @@ def _do_switchover(cluster: Cluster, timeline: Timeline, pgbench: Proc, say: Any
     settle = time.monotonic() + 10
     while time.monotonic() < settle and not _agents_settled(timeline.agents, new):
         time.sleep(0.1)
-    time.sleep(0.2)  # let the pollers record the last change they just saw
+    # alerts: wait until the ones the switchover raised have resolved (rule evaluation is every 1s)
+    settle = time.monotonic() + ALERTS_SETTLE
+    while time.monotonic() < settle and not (alerts.changed and alerts.settled()):
+        time.sleep(0.2)
+    time.sleep(0.3)  # let the pollers record the last change they just saw
     print(f"\nTimeline of the switchover (t=0: request sent):\n{timeline.render(started)}\n", flush=True)
+    if not alerts.changed:
+        say(f"prometheus: no alert changed state within {ALERTS_SETTLE:.0f}s of the switchover")
+    elif not alerts.settled():
+        say("prometheus: still active: " + ", ".join(k for k in alerts.active if k in alerts.changed))
+    _say_prometheus_view(alerts.prom, cluster.scope, say)
     say(f"new leader {new}")
     if pgbench.popen is not None:  # its sessions on the old primary are gone: follow the leader
         pgbench.stop(timeout=5)
@@ -241,6 +332,21 @@ def _do_switchover(cluster: Cluster, timeline: Timeline, pgbench: Proc, say: Any
         )
         pgbench.spawn()
         say(f"pgbench restarted against {new}")
+
+
+def _say_prometheus_view(prom: Prometheus, scope: str, say: Any) -> None:
+    """What Prometheus's own query API says about the cluster now (not the agents' /status)."""
+    try:
+        leaders = prom.query(f'max by (member) (pgnode_leader{{cluster="{scope}"}})')
+        primaries = prom.query(f'pgnode_confirmed_primary{{cluster="{scope}"}} == 1')
+        changes = prom.value(f'max(pgnode_leader_changes_total{{cluster="{scope}"}})')
+    except Exception as e:
+        say(f"prometheus query failed: {e}")
+        return
+    seen = "none yet" if changes is None else f"{changes:.0f}"
+    say(f"prometheus /api/v1/query: leader key names {sorted(r['metric'].get('member') for r in leaders)}, "
+        f"confirmed primary on {sorted(r['metric'].get('instance') for r in primaries)}, "
+        f"leader changes counted by an agent: {seen}")
 
 
 def _agents_settled(agents: Agents, leader: str) -> bool:

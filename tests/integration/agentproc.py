@@ -89,7 +89,7 @@ class AgentProc:
     def metric(self, line_prefix: str) -> float | None:
         _, body = self.get("/metrics")
         for line in body.splitlines():
-            if line.startswith(line_prefix + " ") or line.startswith(line_prefix + "{") and " " in line:
+            if line.startswith(line_prefix + " ") or (line.startswith(line_prefix + "{") and " " in line):
                 name, _, value = line.rpartition(" ")
                 if name == line_prefix:
                     return float(value)

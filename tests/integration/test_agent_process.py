@@ -9,9 +9,9 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 import urllib.error
 import urllib.request
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

@@ -42,6 +42,8 @@ def test_leader_change_reaches_metrics(run_dir: Path, etcd: Etcd, scope: str) ->
         assert a.metric("pgnode_leader_change_observed_timestamp_seconds") is not None
         etcd.put(f"/service/{scope}/failover", '{"leader":"node1","member":"node3"}')
         wait_until(lambda: a.metric("pgnode_failover_pending") == 1.0, 5, "failover pending")
+        etcd.put(f"/service/{scope}/failover", "")  # how Patroni clears it after a switchover
+        wait_until(lambda: a.metric("pgnode_failover_pending") == 0.0, 5, "failover cleared by an empty value")
         events = [e for e in a.logs() if e.get("event") == "leader_changed"]
         assert [(e["old"], e["new"]) for e in events] == [(None, "node2"), ("node2", "node1")]
     finally:
