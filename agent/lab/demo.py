@@ -209,7 +209,7 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
     cluster = Cluster(run_dir, etcd.url, nodes=nodes, scope="demo")
     agents = Agents(run_dir, cluster, [etcd.url])
     pgbench = Proc("pgbench", [], run_dir / "pgbench.log")
-    prom = Prometheus(run_dir, lab_jobs(agents, cluster), lab_only_rules=True)
+    prom = Prometheus(run_dir, lab_jobs(agents, cluster))
     timeline = Timeline(agents, cluster)
     alerts = AlertWatch(prom, timeline)
     all_pids: list[int] = []

@@ -12,12 +12,9 @@ into the run directory with one documented transform: every `for: <duration>` is
 seconds, never below 1 s. Nothing else changes (expressions, range windows, labels); the shipped
 file is only read. `for_divisor=None` loads the shipped file as it is.
 
-A clean switchover trips none of the shipped alerts, even with shortened `for:` (measured: no node
-loses sight of the leader for a whole scrape, no role disagreement shows; a planned switchover
-should not page anyone). So that the demo can show the alert path pending -> firing -> resolved
-end to end, `lab_only_rules=True` also loads `LAB_ONLY_RULES`, two `severity: info` alerts on the
-agents' own series that a switchover does trip (the demoted primary's PostgreSQL restarts as a
-replica, ~5 s). They live only in the run directory, never in `config/prometheus/`.
+A switchover restarts the demoted primary's PostgreSQL as a replica (~5 s): the shipped
+`PgNodePostgresDown` (for: 1m, 1 s in the lab copy) goes pending -> firing -> resolved, which is
+what the demo's timeline shows, read back from Prometheus.
 
 Prometheus runs as the invoking user (never the Debian `prometheus.service`), on a free loopback
 port, with its TSDB in the run directory; `Proc` stops it by PID like every other lab process.
@@ -84,26 +81,6 @@ def lab_rules(run_dir: Path, divisor: float | None = 60.0, source: Path = RULES_
     return dest
 
 
-LAB_ONLY_RULES = """\
-# Lab-only alerts (agent.lab.prometheus.LAB_ONLY_RULES): not shipped, for the demo's timeline.
-groups:
-  - name: pg-node-agent.lab-only
-    rules:
-      - alert: LabPostgresDown
-        expr: pgnode_postgres_up == 0
-        for: 1s
-        labels: {severity: info}
-        annotations:
-          summary: "PostgreSQL on {{ $labels.instance }} does not answer the agent"
-      - alert: LabRoleUnknown
-        expr: pgnode_role{role="unknown"} == 1
-        for: 1s
-        labels: {severity: info}
-        annotations:
-          summary: "The agent on {{ $labels.instance }} cannot tell its role"
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class Target:
     address: str  # host:port
@@ -165,7 +142,6 @@ class Prometheus:
         interval: str = "1s",
         for_divisor: float | None = 60.0,
         rules: Path = RULES_FILE,
-        lab_only_rules: bool = False,
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -173,9 +149,6 @@ class Prometheus:
         self.config_path = run_dir / f"{name}.yml"
         self.rules_path = lab_rules(run_dir, for_divisor, rules)
         rule_files = [self.rules_path]
-        if lab_only_rules:
-            rule_files.append(run_dir / "prometheus-rules.lab-only.yml")
-            rule_files[-1].write_text(LAB_ONLY_RULES)
         self.config_path.write_text(render_config(jobs, rule_files, interval))
         argv = [
             shutil.which("prometheus") or PROMETHEUS_BIN,
