@@ -449,31 +449,42 @@ def reference_markdown() -> str:
              '`"500ms"`, `"30s"`, `"5m"`, `"2h"`. Unknown keys are errors. A bad file makes every '
              "command exit with code 78 and a message naming the key.", ""]
 
-    def walk(cls: type, prefix: str, array: bool) -> None:
-        hints = typing.get_type_hints(cls)
+    for prefix, array, keys in sections():
         title = f"[[{prefix}]]" if array else f"[{prefix}]"
         lines.extend([f"## `{title}`", "", "| key | type | default | meaning |", "|---|---|---|---|"])
-        nested: list[tuple[type, str, bool]] = []
-        for f in dataclasses.fields(cls):
-            tp = hints[f.name]
-            sub = _nested(tp)
-            if sub is not None:
-                nested.append((sub[0], f"{prefix}.{f.name}", sub[1]))
-                continue
+        for f, tp in keys:
             lines.append(f"| `{f.name}` | {_type_doc(tp)} | {_default_doc(f)} | {f.metadata.get('doc', '')} |")
         lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+Section = tuple[str, bool, list[tuple[dataclasses.Field[Any], Any]]]
+
+
+def sections() -> list[Section]:
+    """Every table of the schema, depth first: (key path, is an array of tables, its plain keys)."""
+    out: list[Section] = []
+
+    def walk(cls: type, prefix: str, array: bool) -> None:
+        hints = typing.get_type_hints(cls)
+        keys, nested = [], []
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            sub = _nested(hints[f.name])
+            if sub is None:
+                keys.append((f, hints[f.name]))
+            else:
+                nested.append((sub[0], f"{prefix}.{f.name}" if prefix else f.name, sub[1]))
+        if prefix:
+            out.append((prefix, array, keys))
+        elif keys:
+            raise TypeError(f"Config has keys outside a section: {[f.name for f, _ in keys]}")
         for c, p, a in nested:
             walk(c, p, a)
 
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        if f.metadata.get("internal"):
-            continue
-        sub = _nested(hints[f.name])
-        if sub is None:
-            raise TypeError(f"Config.{f.name} must be a section")
-        walk(sub[0], f.name, sub[1])
-    return "\n".join(lines).rstrip() + "\n"
+    walk(Config, "", False)
+    return out
 
 
 def _nested(tp: Any) -> tuple[type, bool] | None:
@@ -552,32 +563,14 @@ def example_toml() -> str:
             return "[" + ", ".join(render(x) for x in v) + "]"
         return str(v)
 
-    def walk(cls: type, prefix: str, array: bool) -> None:
+    for prefix, array, keys in sections():
         out.append(f"[[{prefix}]]" if array else f"[{prefix}]")
-        hints = typing.get_type_hints(cls)
-        nested = []
-        for f in dataclasses.fields(cls):
-            sub = _nested(hints[f.name])
-            if sub is not None:
-                nested.append((sub[0], f"{prefix}.{f.name}", sub[1]))
-                continue
+        for f, _ in keys:
             out.append(f"# {f.metadata.get('doc', '')}")
-            path = f"{prefix}.{f.name}"
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                out.append(f"{f.name} = " + _EXAMPLE_VALUES.get(path, '""'))
+                out.append(f"{f.name} = " + _EXAMPLE_VALUES.get(f"{prefix}.{f.name}", '""'))
             else:
                 v = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
                 out.append(f"# {f.name} = {render(v)}")
         out.append("")
-        for c, p, a in nested:
-            walk(c, p, a)
-
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        if f.metadata.get("internal"):
-            continue
-        sub = _nested(hints[f.name])
-        if sub is None:
-            raise TypeError(f"Config.{f.name} must be a section")
-        walk(sub[0], f.name, sub[1])
     return "\n".join(out).rstrip() + "\n"
