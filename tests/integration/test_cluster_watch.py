@@ -106,9 +106,12 @@ def test_agent_for_another_member_than_patroni_exits_78(run_dir: Path, cluster: 
     agent = Agent(run_dir, node, [etcd.url], scope=cluster.scope, namespace=cluster.namespace)
     agent.config_path.write_text(agent.config_path.read_text().replace(f'name = "{node.name}"', 'name = "nodeX"'))
     agent.proc.spawn()
-    assert agent.proc.popen is not None
-    assert agent.proc.popen.wait(30) == 78
-    assert "node.name" in agent.proc.log_path.read_text()
+    try:
+        assert agent.proc.popen is not None
+        assert agent.proc.popen.wait(30) == 78
+        assert "node.name" in agent.proc.log_path.read_text()
+    finally:
+        agent.stop(kill=True)
 
 
 def test_kill9_of_the_primary_postmaster_is_reported_and_survived(fresh_cluster: Cluster,
