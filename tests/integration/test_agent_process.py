@@ -96,10 +96,13 @@ def test_notify_socket_gets_ready_watchdog_status_and_stopping(run_dir: Path, et
             a.stop()
 
 
-def test_identity_mismatch_is_not_retried_bad_config_exits_78(run_dir: Path, etcd: Etcd) -> None:
+def test_bad_watchdog_device_exits_78_at_start(run_dir: Path, etcd: Etcd) -> None:
     a = AgentProc(run_dir, etcd.url, extra='[watchdog]\ndevice = "/dev/watchdog"\n')
     a.start(wait=False)
-    assert a.wait(30) == 78
+    try:
+        assert a.wait(30) == 78
+    finally:
+        a.stop()
 
 
 def test_password_never_reaches_logs_or_status(run_dir: Path, etcd: Etcd) -> None:
