@@ -16,7 +16,7 @@ from agent.core.supervisor import Component
 def components(ctx: Context) -> list[Component]:
     cfg = ctx.config
     etcd = Etcd(cfg.etcd.endpoints, cfg.etcd.timeout, cfg.etcd.watch_deadline,
-                cfg.etcd.ca_file, cfg.etcd.cert_file, cfg.etcd.key_file)
+                cfg.etcd.ca_file, cfg.etcd.cert_file, cfg.etcd.key_file, cfg.etcd.username, cfg.etcd.password_file)
     watch = ClusterWatch(ctx, etcd, Keys(cfg.etcd.namespace, cfg.etcd.scope))
     ctx.status_sections["cluster_watch"] = lambda: {
         "endpoint": etcd.endpoint, "revision": watch.cache.revision, "stream_deaths": watch.stream_deaths,

@@ -22,6 +22,7 @@ import etcd3gw
 import httpx
 
 from agent.cluster.keys import KeyValue
+from agent.core.config import read_secret
 
 
 class EtcdUnavailable(Exception):
@@ -68,8 +69,12 @@ class WatchEvent:
 
 class Etcd:
     def __init__(self, endpoints: list[str], timeout: float, watch_deadline: float,
-                 ca_file: str = "", cert_file: str = "", key_file: str = "") -> None:
+                 ca_file: str = "", cert_file: str = "", key_file: str = "",
+                 username: str = "", password_file: str = "") -> None:
         self.endpoints = [e.rstrip("/") for e in endpoints]
+        self._user = username
+        self._password_file = password_file
+        self._tokens: dict[str, str] = {}  # endpoint -> auth token (etcd RBAC through the gateway)
         self.timeout = timeout
         self.watch_deadline = watch_deadline
         self._tls = (ca_file, cert_file, key_file)
@@ -95,17 +100,37 @@ class Etcd:
             self._clients[ep] = c
         return c
 
+    async def _call(self, c: etcd3gw.Etcd3Client, path: str, body: dict[str, Any]) -> Any:
+        with anyio.fail_after(self.timeout + 1):
+            return await anyio.to_thread.run_sync(
+                functools.partial(c.post, c.get_url(path), json=body), abandon_on_cancel=True)
+
+    async def auth_headers(self) -> dict[str, str]:
+        """The gateway takes an RBAC token from /v3/auth/authenticate in `Authorization`. A token
+        is dropped on any failure and fetched again, so an expired one heals by itself."""
+        if not self._user:
+            return {}
+        ep = self.endpoint
+        if ep not in self._tokens:
+            r = await self._call(self.client(), "/auth/authenticate",
+                                 {"name": self._user, "password": str(read_secret(self._password_file))})
+            self._tokens[ep] = str(r["token"])
+            self.client().session.headers["Authorization"] = self._tokens[ep]
+        return {"Authorization": self._tokens[ep]}
+
+    def drop_token(self) -> None:
+        self._tokens.pop(self.endpoint, None)
+
     async def _post(self, path: str, body: dict[str, Any]) -> Any:
         """One unary call, trying each endpoint once starting at the current one."""
         errors = []
         for _ in self.endpoints:
-            c = self.client()
             try:
-                with anyio.fail_after(self.timeout + 1):
-                    return await anyio.to_thread.run_sync(
-                        functools.partial(c.post, c.get_url(path), json=body), abandon_on_cancel=True)
-            except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError) as e:
+                await self.auth_headers()
+                return await self._call(self.client(), path, body)
+            except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError, KeyError) as e:
                 errors.append(f"{self.endpoint}: {type(e).__name__}")
+                self.drop_token()
                 self.rotate()
         raise EtcdUnavailable("; ".join(errors))
 
@@ -123,10 +148,15 @@ class Etcd:
                                    "start_revision": str(start_revision), "progress_notify": True}}
         ca, cert, key = self._tls
         timeout = httpx.Timeout(self.timeout, read=self.watch_deadline)
+        try:
+            headers = await self.auth_headers()
+        except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError, KeyError) as e:
+            self.drop_token()
+            raise WatchDied(f"authentication failed: {type(e).__name__}", "connect") from None
         async with httpx.AsyncClient(timeout=timeout, verify=ca or True,
                                      cert=(cert, key) if cert else None) as http:
             try:
-                async with http.stream("POST", f"{self.endpoint}/v3/watch", json=body) as resp:
+                async with http.stream("POST", f"{self.endpoint}/v3/watch", json=body, headers=headers) as resp:
                     if resp.status_code != 200:
                         raise WatchDied(f"HTTP {resp.status_code}", "http")
                     lines = resp.aiter_lines()

@@ -59,6 +59,7 @@ class ClusterWatch:
                 continue
             except (WatchDied, EtcdUnavailable) as e:
                 self.stream_deaths += 1
+                self.etcd.drop_token()  # a rejected or expired RBAC token heals on the next attempt
                 self.restarts.labels(e.reason if isinstance(e, WatchDied) else "connect").inc()
                 if self.listed and isinstance(e, WatchDied) and await self._probe():
                     # a silent or reset stream while etcd answers: resume at once, no DCS flap

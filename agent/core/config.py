@@ -347,6 +347,8 @@ def validate(cfg: Config) -> None:
     for i, ep in enumerate(cfg.etcd.endpoints):
         if not re.fullmatch(r"https?://[^/\s]+/?", ep):
             raise ConfigError(f"etcd.endpoints[{i}]", f'invalid URL "{ep}" (want http(s)://host:port)')
+    if bool(cfg.etcd.username) != bool(cfg.etcd.password_file):
+        raise ConfigError("etcd.password_file", "etcd.username and etcd.password_file go together")
     if not re.fullmatch(r"https?://[^/\s]+/?", cfg.patroni.url):
         raise ConfigError("patroni.url", f'invalid URL "{cfg.patroni.url}"')
     host, sep, port = cfg.http.listen.rpartition(":")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,5 +130,30 @@ def test_compacted_revision_is_relisted_and_the_change_reported(
         wait_until(lambda: leader_of(a) == "node3", 15, "leader node3 after compaction", detail=a.tail)
         assert any(e.get("event") == "watch_compacted" for e in a.logs())
         assert a.metric("pgnode_leader_changes_total") == 1.0
+    finally:
+        a.stop()
+
+
+def test_watch_with_etcd_rbac_authenticates(run_dir: Path, fresh_etcd: Etcd, scope: str) -> None:
+    def etcdctl(*args: str) -> None:
+        subprocess.run(["etcdctl", f"--endpoints={fresh_etcd.url}", *args], check=True, capture_output=True,
+                       timeout=30, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+
+    etcdctl("user", "add", "root:rootpw")
+    etcdctl("auth", "enable")
+    etcdctl("--user", "root:rootpw", "put", f"/service/{scope}/leader", "node2")
+    pw = run_dir / "etcd-pw"
+    pw.write_text("rootpw\n")
+    pw.chmod(0o600)
+    a = AgentProc(run_dir, fresh_etcd.url, scope=scope)
+    a.config.write_text(a.config.read_text().replace(
+        "[etcd]\n", f'[etcd]\nusername = "root"\npassword_file = "{pw}"\n', 1))
+    a.start().wait_ready()
+    try:
+        assert leader_of(a) == "node2"
+        etcdctl("--user", "root:rootpw", "put", f"/service/{scope}/leader", "node1")
+        wait_until(lambda: leader_of(a) == "node1", 10, "leader seen through an authenticated watch",
+                   detail=a.tail)
+        assert "rootpw" not in a.log_path.read_text()
     finally:
         a.stop()
