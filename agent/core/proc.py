@@ -36,16 +36,7 @@ async def run(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | N
     async with await anyio.open_process(list(argv), env=full_env, start_new_session=True) as p:
 
         async def pump(name: str, stream: anyio.abc.ByteReceiveStream | None) -> None:
-            if stream is None:
-                return
-            buf = b""
-            async for chunk in stream:
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for raw in lines:
-                    _take(name, raw.decode(errors="replace"))
-            if buf:
-                _take(name, buf.decode(errors="replace"))
+            await pump_lines(stream, lambda line: _take(name, line))
 
         def _take(name: str, line: str) -> None:
             if sizes[name] < max_output:
@@ -64,6 +55,20 @@ async def run(argv: Sequence[str], *, timeout: float, env: Mapping[str, str] | N
                 await stop(p, stop_signal, grace)
     return Completed(None if timed_out else p.returncode, "\n".join(out["stdout"]),
                      "\n".join(out["stderr"]), timed_out)
+
+
+async def pump_lines(stream: anyio.abc.ByteReceiveStream | None, on_line: Callable[[str], None]) -> None:
+    """Hand a child's output to `on_line` line by line as it arrives (the last line may lack \\n)."""
+    if stream is None:
+        return
+    buf = b""
+    async for chunk in stream:
+        buf += chunk
+        *done, buf = buf.split(b"\n")
+        for raw in done:
+            on_line(raw.decode(errors="replace"))
+    if buf:
+        on_line(buf.decode(errors="replace"))
 
 
 async def stop(p: anyio.abc.Process, sig: int = signal.SIGTERM, grace: float = 2.0) -> None:

@@ -168,18 +168,6 @@ class Run:
             self.log.warning("pg_repack_output_capped", logged_lines=MAX_LOGGED_LINES)
         self.logged += 1
 
-    async def _pump(self, stream: anyio.abc.ByteReceiveStream | None) -> None:
-        if stream is None:
-            return
-        buf = b""
-        async for chunk in stream:
-            buf += chunk
-            *done, buf = buf.split(b"\n")
-            for raw in done:
-                self._line(raw.decode(errors="replace"))
-        if buf:
-            self._line(buf.decode(errors="replace"))
-
     # ---------------------------------------------------------------- the run
     async def execute(self) -> Outcome:
         cfg = self.ctx.config
@@ -207,8 +195,8 @@ class Run:
             p = await anyio.open_process(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._pump, p.stderr)
-                    tg.start_soon(self._pump, p.stdout)
+                    tg.start_soon(proc.pump_lines, p.stderr, self._line)
+                    tg.start_soon(proc.pump_lines, p.stdout, self._line)
                     trip = await self._watch(p, conn, data_dir)
                     if trip is not None:
                         stopped_at = anyio.current_time()

@@ -115,6 +115,12 @@ class AgentProc:
     def tail(self) -> str:
         return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
 
+    def __enter__(self) -> AgentProc:
+        return self.start().wait_ready()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.p is not None and self.p.poll() is None:
             self.p.terminate()

@@ -146,3 +146,14 @@ def agents(run_dir: Path, cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
         yield a
     finally:
         a.stop()
+
+
+@pytest.fixture
+def fresh_agents(run_dir: Path, fresh_cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
+    """One agent per node of a cluster the test may break."""
+    a = Agents(run_dir, fresh_cluster, [etcd.url])
+    try:
+        a.start()
+        yield a
+    finally:
+        a.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +37,6 @@ def summary(agents: Agents) -> object:
             for a in agents}
 
 
-@pytest.fixture
-def own_agents(run_dir: Path, fresh_cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
-    a = Agents(run_dir, fresh_cluster, [etcd.url])
-    try:
-        a.start()
-        yield a
-    finally:
-        a.stop()
-
-
 def test_exactly_one_confirmed_primary_and_it_is_the_leader(cluster: Cluster, agents: Agents) -> None:
     leader = cluster.leader_name()
     assert leader is not None
@@ -59,14 +48,14 @@ def test_exactly_one_confirmed_primary_and_it_is_the_leader(cluster: Cluster, ag
             assert "pgnode_confirmed_primary 0.0" in a.metrics()
 
 
-def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, own_agents: Agents) -> None:
+def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, fresh_agents: Agents) -> None:
     old = fresh_cluster.leader_name()
     assert old is not None
-    wait_until(lambda: settled(own_agents, old), 20, "agents settled before", detail=lambda: summary(own_agents))
+    wait_until(lambda: settled(fresh_agents, old), 20, "agents settled before", detail=lambda: summary(fresh_agents))
     new = fresh_cluster.switchover()
-    wait_until(lambda: settled(own_agents, new), 20, "agents settled after switchover",
-               detail=lambda: summary(own_agents))
-    for a in own_agents:
+    wait_until(lambda: settled(fresh_agents, new), 20, "agents settled after switchover",
+               detail=lambda: summary(fresh_agents))
+    for a in fresh_agents:
         assert "pgnode_leader_changes_total 1.0" in a.metrics(), a.name
         # Patroni writes the failover key before it lets go of the leader key: every agent saw it first
         events = [json.loads(line) for line in a.proc.log_path.read_text().splitlines() if line.startswith("{")]
@@ -74,7 +63,7 @@ def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, own_agen
         assert names.index(("failover_pending_changed", True)) < names.index(("leader_changed", new)), a.name
     # the old primary's agent logged its way from primary to replica (through "unknown" while
     # Patroni restarts PostgreSQL), one role_changed event per step
-    steps = [json.loads(line) for line in own_agents[old].proc.log_path.read_text().splitlines()
+    steps = [json.loads(line) for line in fresh_agents[old].proc.log_path.read_text().splitlines()
              if '"role_changed"' in line]
     roles = [steps[0]["old"]] + [e["new"] for e in steps]
     assert "primary" in roles and roles[-1] == "replica"
@@ -83,21 +72,21 @@ def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, own_agen
 
 @pytest.mark.slow
 def test_kill9_of_patroni_on_primary_shows_split_brain_then_failover(fresh_cluster: Cluster,
-                                                                     own_agents: Agents) -> None:
+                                                                     fresh_agents: Agents) -> None:
     old = fresh_cluster.leader_name()
     assert old is not None
-    wait_until(lambda: settled(own_agents, old), 20, "agents settled before", detail=lambda: summary(own_agents))
+    wait_until(lambda: settled(fresh_agents, old), 20, "agents settled before", detail=lambda: summary(fresh_agents))
     fresh_cluster.node(old).kill9_patroni()
     # ttl 20: a replica takes the key after ~20 s while the orphan postmaster stays writable
     new = fresh_cluster.wait_for_leader(lambda n: n != old, 45)
-    wait_until(lambda: state(own_agents[old]).get("disagreement") == "writable_without_leader_key", 20,
-               "split-brain visible on the old primary's agent", detail=lambda: summary(own_agents))
-    s_old = state(own_agents[old])
+    wait_until(lambda: state(fresh_agents[old]).get("disagreement") == "writable_without_leader_key", 20,
+               "split-brain visible on the old primary's agent", detail=lambda: summary(fresh_agents))
+    s_old = state(fresh_agents[old])
     assert s_old["confirmed_primary"] is False and s_old["patroni_up"] is False
-    assert 'pgnode_role_disagreement{reason="writable_without_leader_key"} 1.0' in own_agents[old].metrics()
-    wait_until(lambda: state(own_agents[new]).get("confirmed_primary") is True, 30, "new leader confirmed",
-               detail=lambda: summary(own_agents))
-    confirmed = [a.name for a in own_agents if state(a).get("confirmed_primary")]
+    assert 'pgnode_role_disagreement{reason="writable_without_leader_key"} 1.0' in fresh_agents[old].metrics()
+    wait_until(lambda: state(fresh_agents[new]).get("confirmed_primary") is True, 30, "new leader confirmed",
+               detail=lambda: summary(fresh_agents))
+    confirmed = [a.name for a in fresh_agents if state(a).get("confirmed_primary")]
     assert confirmed == [new]
 
 
@@ -115,34 +104,34 @@ def test_agent_for_another_member_than_patroni_exits_78(run_dir: Path, cluster: 
 
 
 def test_kill9_of_the_primary_postmaster_is_reported_and_survived(fresh_cluster: Cluster,
-                                                                  own_agents: Agents) -> None:
+                                                                  fresh_agents: Agents) -> None:
     leader = fresh_cluster.leader_name()
     assert leader is not None
-    wait_until(lambda: settled(own_agents, leader), 20, "agents settled before", detail=lambda: summary(own_agents))
+    wait_until(lambda: settled(fresh_agents, leader), 20, "agents settled before", detail=lambda: summary(fresh_agents))
     fresh_cluster.node(leader).kill9_postmaster()
-    a = own_agents[leader]
+    a = fresh_agents[leader]
     wait_until(lambda: state(a).get("postgres_up") is False, 10, "postgres down seen")
     assert state(a)["confirmed_primary"] is False
     # Patroni restarts PostgreSQL in place and keeps the lock: no failover
-    wait_until(lambda: settled(own_agents, leader), 40, "agents settled after restart in place",
-               detail=lambda: summary(own_agents))
-    for ag in own_agents:
+    wait_until(lambda: settled(fresh_agents, leader), 40, "agents settled after restart in place",
+               detail=lambda: summary(fresh_agents))
+    for ag in fresh_agents:
         assert "pgnode_leader_changes_total 0.0" in ag.metrics()
         assert a.status()["components"]["pg_role"]["restarts"] == 0
 
 
 @pytest.mark.slow
 def test_loss_of_the_primary_node_moves_the_leader_for_every_surviving_agent(fresh_cluster: Cluster,
-                                                                            own_agents: Agents) -> None:
+                                                                            fresh_agents: Agents) -> None:
     old = fresh_cluster.leader_name()
     assert old is not None
-    wait_until(lambda: settled(own_agents, old), 20, "agents settled before", detail=lambda: summary(own_agents))
-    own_agents[old].stop()
+    wait_until(lambda: settled(fresh_agents, old), 20, "agents settled before", detail=lambda: summary(fresh_agents))
+    fresh_agents[old].stop()
     fresh_cluster.node(old).kill9_all()
     new = fresh_cluster.wait_for_leader(lambda n: n != old, 45)
-    survivors = [a for a in own_agents if a.name != old]
+    survivors = [a for a in fresh_agents if a.name != old]
     wait_until(lambda: all(state(a).get("leader") == new for a in survivors)
-               and state(own_agents[new]).get("confirmed_primary") is True, 30,
-               "survivors follow the new leader", detail=lambda: summary(own_agents))
+               and state(fresh_agents[new]).get("confirmed_primary") is True, 30,
+               "survivors follow the new leader", detail=lambda: summary(fresh_agents))
     for a in survivors:
         assert "pgnode_leader_changes_total 1.0" in a.metrics()

@@ -33,8 +33,7 @@ def proxy(etcd: Etcd) -> Iterator[TcpProxy]:
 
 def test_leader_change_reaches_metrics(run_dir: Path, etcd: Etcd, scope: str) -> None:
     etcd.put(f"/service/{scope}/leader", "node2")
-    a = AgentProc(run_dir, etcd.url, scope=scope).start().wait_ready()
-    try:
+    with AgentProc(run_dir, etcd.url, scope=scope) as a:
         assert a.metric('pgnode_leader{member="node2"}') == 1.0
         assert a.metric('pgnode_leader_view{view="other"}') == 1.0
         etcd.put(f"/service/{scope}/leader", "node1")
@@ -47,14 +46,11 @@ def test_leader_change_reaches_metrics(run_dir: Path, etcd: Etcd, scope: str) ->
         wait_until(lambda: a.metric("pgnode_failover_pending") == 0.0, 5, "failover cleared by an empty value")
         events = [e for e in a.logs() if e.get("event") == "leader_changed"]
         assert [(e["old"], e["new"]) for e in events] == [(None, "node2"), ("node2", "node1")]
-    finally:
-        a.stop()
 
 
 def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, fresh_etcd: Etcd, scope: str) -> None:
     fresh_etcd.put(f"/service/{scope}/leader", "node2")
-    a = AgentProc(run_dir, fresh_etcd.url, scope=scope).start().wait_ready()
-    try:
+    with AgentProc(run_dir, fresh_etcd.url, scope=scope) as a:
         fresh_etcd.pause()
         try:
             # watch_deadline 3 s + one probe (timeout 2 s): well within 10 s
@@ -66,16 +62,13 @@ def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, fresh_etcd: Etcd
         wait_until(lambda: a.metric("pgnode_dcs_up") == 1.0, 10, "dcs up after SIGCONT", detail=a.tail)
         fresh_etcd.put(f"/service/{scope}/leader", "node3")
         wait_until(lambda: leader_of(a) == "node3", 5, "leader node3 after resume")
-    finally:
-        a.stop()
 
 
 def test_etcd_killed_and_restarted_loses_no_leader_change(
     run_dir: Path, fresh_etcd: Etcd, scope: str
 ) -> None:
     fresh_etcd.put(f"/service/{scope}/leader", "node2")
-    a = AgentProc(run_dir, fresh_etcd.url, scope=scope).start().wait_ready()
-    try:
+    with AgentProc(run_dir, fresh_etcd.url, scope=scope) as a:
         fresh_etcd.kill9()
         wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 10, "dcs down after kill -9")
         fresh_etcd.start()
@@ -83,16 +76,13 @@ def test_etcd_killed_and_restarted_loses_no_leader_change(
         wait_until(lambda: leader_of(a) == "node1", 15, "leader node1 after etcd restart", detail=a.tail)
         assert a.metric("pgnode_leader_changes_total") == 1.0
         assert a.p is not None and a.p.poll() is None
-    finally:
-        a.stop()
 
 
 def test_changes_while_connection_blackholed_are_replayed_once(
     run_dir: Path, etcd: Etcd, proxy: TcpProxy, scope: str
 ) -> None:
     etcd.put(f"/service/{scope}/leader", "node2")
-    a = AgentProc(run_dir, proxy.url, scope=scope).start().wait_ready()
-    try:
+    with AgentProc(run_dir, proxy.url, scope=scope) as a:
         proxy.blackhole()
         etcd.delete(f"/service/{scope}/leader")
         etcd.put(f"/service/{scope}/leader", "node3")
@@ -110,16 +100,13 @@ def test_changes_while_connection_blackholed_are_replayed_once(
             lambda: any(m["name"] == "node9" for m in a.status()["state"]["members"]), 15, "member seen"
         )
         assert [e["new"] for e in a.logs() if e.get("event") == "leader_changed"] == news
-    finally:
-        a.stop()
 
 
 def test_compacted_revision_is_relisted_and_the_change_reported(
     run_dir: Path, etcd: Etcd, proxy: TcpProxy, scope: str
 ) -> None:
     etcd.put(f"/service/{scope}/leader", "node2")
-    a = AgentProc(run_dir, proxy.url, scope=scope).start().wait_ready()
-    try:
+    with AgentProc(run_dir, proxy.url, scope=scope) as a:
         proxy.blackhole()
         etcd.put(f"/service/{scope}/leader", "node3")
         for i in range(5):
@@ -130,8 +117,6 @@ def test_compacted_revision_is_relisted_and_the_change_reported(
         wait_until(lambda: leader_of(a) == "node3", 15, "leader node3 after compaction", detail=a.tail)
         assert any(e.get("event") == "watch_compacted" for e in a.logs())
         assert a.metric("pgnode_leader_changes_total") == 1.0
-    finally:
-        a.stop()
 
 
 def test_watch_with_etcd_rbac_authenticates(run_dir: Path, fresh_etcd: Etcd, scope: str) -> None:
