@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from agent import __version__
@@ -29,9 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     cc = sub.add_parser("check-config", help="validate the config file; exit 78 naming the bad key")
     cc.add_argument("--reference", action="store_true", help="print the configuration reference (Markdown)")
     cc.add_argument("--example", action="store_true", help="print a full example config (TOML)")
-    st = sub.add_parser("status", help="show a running agent's /status")
+    st = sub.add_parser("status", help="this node's agent in a few lines, or --cluster: every member's agent")
     st.add_argument("--url", help="agent base URL (default: http.listen of the config)")
     st.add_argument("--json", action="store_true", help="raw JSON")
+    st.add_argument("--cluster", action="store_true",
+                    help="ask every member's agent, found through the local Patroni's member list; exit 1 on a problem")
+    st.add_argument("--auth-file", type=Path, help="file with user:password for agents with http.basic_auth_users")
     sub.add_parser("version", help="print the version")
     demo = sub.add_parser("demo", help="start a local demo cluster (etcd, 3 Patroni nodes, an agent each)")
     demo.add_argument("--nodes", type=int, default=3)
@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return run(cfg)
         if args.cmd == "status":
-            return _status(cfg, args.url, args.json)
+            from agent.status import main as status_main
+
+            return status_main(cfg, args.url, args.json, args.cluster, args.auth_file, err=_stderr)
         if args.cmd == "repack":
             from agent.repack.plan import main as plan_main
 
@@ -91,27 +93,5 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _status(cfg: Config, url: str | None, raw: bool) -> int:
-    scheme = "https" if cfg.http.tls_cert_file else "http"
-    base = url or f"{scheme}://{cfg.http.listen}"
-    try:
-        with urllib.request.urlopen(f"{base.rstrip('/')}/status", timeout=5) as r:  # noqa: S310
-            body = json.load(r)
-    except (urllib.error.URLError, OSError) as e:
-        print(f"pg-node-agent: cannot reach the agent at {base}: {e}", file=sys.stderr)
-        return 1
-    if raw:
-        print(json.dumps(body, indent=2, sort_keys=True))
-        return 0
-    s = body.get("state", {})
-    print(f"node {body.get('node')} (scope {body.get('scope')}), agent {body.get('version')}")
-    print(f"  role {s.get('role')}  leader {s.get('leader')}  view {s.get('leader_view')}  "
-          f"confirmed primary {s.get('confirmed_primary')}")
-    print(f"  etcd {'up' if s.get('dcs_up') else 'DOWN'}  patroni {'up' if s.get('patroni_up') else 'DOWN'}  "
-          f"postgres {'up' if s.get('postgres_up') else 'DOWN'}  failover pending {s.get('failover_pending')}")
-    if s.get("disagreement"):
-        print(f"  DISAGREEMENT: {s['disagreement']}")
-    for name, c in sorted(body.get("components", {}).items()):
-        print(f"  {name:<14} {'up' if c.get('up') else 'DOWN':<5} restarts {c.get('restarts')}  "
-              f"heartbeat {c.get('heartbeat_age_seconds')} s  {c.get('last_error') or ''}")
-    return 0
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)

@@ -22,6 +22,7 @@ def components(ctx: Context) -> list[Component]:
         "endpoint": etcd.endpoint, "revision": watch.cache.revision, "stream_deaths": watch.stream_deaths,
         "resyncs": watch.resyncs}
     feeder = Feeder(ctx, WatchdogMetrics(ctx.registry))
+    ctx.status_sections["watchdog"] = feeder.status
     comps = [
         Component("cluster_watch", watch.run),
         Component("patroni_api", patroni_api.run),

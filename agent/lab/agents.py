@@ -16,7 +16,6 @@ from typing import Any
 from agent.lab import http
 from agent.lab.cluster import Cluster
 from agent.lab.patroni import PatroniNode
-from agent.lab.ports import free_port
 from agent.lab.procs import Proc
 
 
@@ -37,7 +36,7 @@ class Agent:
     ) -> None:
         self.name = node.name
         self.node = node
-        self.http_port = free_port()
+        self.http_port = node.agent_port
         self.state_dir = run_dir / f"agent-{node.name}"
         self.state_dir.mkdir(exist_ok=True)
         self.config_path = run_dir / f"agent-{node.name}.toml"

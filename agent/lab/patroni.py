@@ -18,6 +18,7 @@ from agent.lab import http
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, chown_to_lab_user, descendants, pid_alive, signal_pids, wait_until
 from agent.lab.rundir import lab_subdir
+from agent.status import AGENT_TAG
 
 PATRONI_BIN = Path("/opt/pg-node-agent-lab/patroni-venv/bin/patroni")
 PATRONICTL_BIN = PATRONI_BIN.with_name("patronictl")
@@ -57,6 +58,8 @@ class PatroniNode:
         self.data_dir = self.dir / "data"
         self.pg_port = free_port()
         self.rest_port = free_port()
+        # reserved for this node's agent and published as a Patroni tag (`status --cluster` reads it)
+        self.agent_port = free_port()
         self.config_path = self.dir / "patroni.yml"
         self._write_config()
         self.patroni_proc = Proc(
@@ -131,7 +134,7 @@ class PatroniNode:
                 "pg_ident": PG_IDENT,
             },
             "watchdog": {"mode": "off"},
-            "tags": {},
+            "tags": {AGENT_TAG: f"http://127.0.0.1:{self.agent_port}"},
         }
 
     def _write_config(self) -> None:

@@ -5,6 +5,7 @@ a wedged loop does, and then systemd restarts the agent."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -39,6 +40,16 @@ class Feeder:
         self.m = metrics
         self.notifier = notifier or Notifier()
         self.period = watchdog_period() if self.notifier.enabled else None
+        self.device_name: str | None = None
+        self.enabled = False
+        self.feeds = 0
+        self.last_feed: float | None = None
+        self.withholding: list[str] = []
+
+    def status(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "systemd_period_seconds": self.period, "device": self.device_name,
+                "feeds": self.feeds, "withholding": list(self.withholding),
+                "last_feed_age_seconds": round(time.time() - self.last_feed, 1) if self.last_feed else None}
 
     def _device(self) -> Device:
         cfg = self.ctx.config.watchdog
@@ -51,6 +62,8 @@ class Feeder:
         periods = [p for p in (self.period, dev_timeout) if p]
         interval = min(periods) / 2 if periods else 1.0
         interval = min(interval, 1.0)  # never slower than 1 s: keeps /health honest
+        self.enabled = bool(periods)
+        self.device_name = device.describe if self.ctx.config.watchdog.device else None
         self.m.enabled.set(1 if periods else 0)
         log.info("watchdog_started", systemd_period_seconds=self.period, device=device.describe,
                  device_timeout_seconds=dev_timeout, interval_seconds=interval)
@@ -80,8 +93,10 @@ class Feeder:
                             self.notifier.send("WATCHDOG=1")
                         device.keepalive()
                         self.m.feeds.inc()
-                        self.m.last_feed.set(time.time())
-                withholding = stale
+                        self.feeds += 1
+                        self.last_feed = time.time()
+                        self.m.last_feed.set(self.last_feed)
+                withholding = self.withholding = stale
                 expected = anyio.current_time() + interval
                 await anyio.sleep(interval)
         finally:

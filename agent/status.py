@@ -1,0 +1,267 @@
+"""`pg-node-agent status`: one agent's /status as a short text (or JSON), and `--cluster`: every
+member's agent, found through the local Patroni's member list, on one screen.
+
+A member's agent is found at the URL in its Patroni tag `pg_node_agent` (patroni.yml:
+`tags: {pg_node_agent: "http://10.0.0.11:9188"}`), else at the member's host with this node's
+agent port. Exit 1 when a member's agent does not answer or the members disagree, so the
+command can stand in a check script."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+
+from agent.core.config import Config
+
+AGENT_TAG = "pg_node_agent"
+TIMEOUT = 3.0
+
+Body = dict[str, Any]
+
+
+# ---------------------------------------------------------------- finding and asking
+
+
+def own_url(cfg: Config) -> str:
+    scheme = "https" if cfg.http.tls_cert_file else "http"
+    return f"{scheme}://{cfg.http.listen}"
+
+
+def agent_url(member: Body, fallback: str) -> str:
+    """The member's agent: its tag, else its host with the port and scheme of `fallback`."""
+    tag = (member.get("tags") or {}).get(AGENT_TAG)
+    if isinstance(tag, str) and tag:
+        return tag if "://" in tag else f"http://{tag}"
+    own = urlsplit(fallback)
+    host = str(member.get("host") or "")
+    host = f"[{host}]" if ":" in host else host
+    return f"{own.scheme}://{host}:{own.port or 9188}"
+
+
+Auth = tuple[str, str] | None
+
+
+def read_auth(path: Path) -> tuple[str, str]:
+    """`user:password` on the first line of a file (the agents' basic auth), never on the command line."""
+    lines = path.read_text().splitlines()
+    user, sep, password = (lines[0] if lines else "").partition(":")
+    if not sep or not user:
+        raise ValueError(f"{path}: expected user:password on the first line")
+    return user, password
+
+
+async def _get(client: httpx.AsyncClient, url: str, auth: Auth = None) -> tuple[Body | None, str]:
+    try:
+        r = await client.get(url, timeout=TIMEOUT, auth=auth or httpx.USE_CLIENT_DEFAULT)
+        r.raise_for_status()
+        body = r.json()
+    except (httpx.HTTPError, ValueError) as e:
+        return None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return (body, "") if isinstance(body, dict) else (None, "not a JSON object")
+
+
+async def fetch_node(url: str, auth: Auth = None) -> tuple[Body | None, str]:
+    async with httpx.AsyncClient() as client:
+        return await _get(client, f"{url.rstrip('/')}/status", auth)
+
+
+async def fetch_cluster(patroni_url: str, fallback: str, auth: Auth = None) -> Body:
+    """Patroni's /cluster, and each member's agent /status fetched concurrently."""
+    async with httpx.AsyncClient() as client:
+        topo, err = await _get(client, f"{patroni_url.rstrip('/')}/cluster")
+        if topo is None:
+            return {"patroni_url": patroni_url, "error": f"cannot read Patroni's member list: {err}", "members": []}
+        members: list[Body] = [m for m in topo.get("members", []) if isinstance(m, dict)]
+        rows: list[Body] = []
+
+        async def ask(m: Body) -> None:
+            url = agent_url(m, fallback)
+            body, error = await _get(client, f"{url.rstrip('/')}/status", auth)
+            rows.append({"member": m, "agent_url": url, "agent": body, "error": error})
+
+        async with anyio.create_task_group() as tg:
+            for m in members:
+                tg.start_soon(ask, m)
+    rows.sort(key=lambda r: str(r["member"].get("name")))
+    view: Body = {"scope": topo.get("scope"), "patroni_url": patroni_url, "members": rows,
+                  "paused": bool(topo.get("pause", False))}
+    view["problems"] = problems(view)
+    return view
+
+
+# ---------------------------------------------------------------- judging
+
+
+def problems(view: Body) -> list[str]:
+    """What an operator must look at; empty when the cluster is whole and of one mind."""
+    out: list[str] = []
+    rows: list[Body] = view["members"]
+    leaders = [r["member"]["name"] for r in rows if r["member"].get("role") in ("leader", "standby_leader")]
+    if not leaders:
+        out.append("Patroni names no leader")
+    patroni_leader = leaders[0] if len(leaders) == 1 else None
+    confirmed = []
+    for r in rows:
+        name = r["member"].get("name")
+        a = r["agent"]
+        if a is None:
+            out.append(f"{name}: agent not reachable at {r['agent_url']} ({r['error']})")
+            continue
+        if a.get("node") != name:
+            out.append(f"{name}: {r['agent_url']} is the agent of {a.get('node')!r}, not of this member")
+            continue
+        s = a.get("state", {})
+        if s.get("confirmed_primary"):
+            confirmed.append(name)
+        if patroni_leader and s.get("leader") != patroni_leader:
+            out.append(f"{name}: its agent sees leader {s.get('leader')!r}, Patroni says {patroni_leader!r}")
+        if s.get("disagreement"):
+            out.append(f"{name}: {s['disagreement']}")
+        for flag, what in (("dcs_up", "etcd"), ("patroni_up", "Patroni"), ("postgres_up", "PostgreSQL")):
+            if not s.get(flag):
+                out.append(f"{name}: {what} unreachable from the agent")
+        down = sorted(c for c, h in a.get("components", {}).items() if not h.get("up"))
+        if down:
+            out.append(f"{name}: components down: {', '.join(down)}")
+        arch = a.get("archive")
+        if isinstance(arch, dict) and arch.get("healthy") is False:
+            out.append(f"{name}: archive unhealthy: {'; '.join(arch.get('reasons') or []) or arch.get('error')}")
+    standby_cluster = any(r["member"].get("role") == "standby_leader" for r in rows)
+    if not standby_cluster and len(confirmed) != 1 and any(r["agent"] for r in rows):
+        out.append(f"{len(confirmed)} confirmed primaries ({', '.join(confirmed) or 'none'}), expected exactly 1")
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _updown(v: Any) -> str:
+    return "up" if v else "DOWN"
+
+
+def _watchdog(a: Body) -> str:
+    w = a.get("watchdog") or {}
+    if not w:
+        return "-"
+    if w.get("withholding"):
+        return "WITHHELD (" + ",".join(w["withholding"]) + ")"
+    if not w.get("enabled"):
+        return "off"
+    return f"fed {w.get('last_feed_age_seconds')}s"
+
+
+def _sampler(a: Body) -> str:
+    s = a.get("sampler")
+    if not isinstance(s, dict):
+        return "off"
+    return f"{s.get('source') or 'no source'} {s.get('series', 0)} series"
+
+
+def _repack(a: Body) -> str:
+    r = a.get("repack")
+    if not isinstance(r, dict):
+        return "off"
+    if r.get("running"):
+        run = r["running"]
+        return f"RUNNING {run.get('database')}.{run.get('table')}" if isinstance(run, dict) else "RUNNING"
+    return f"next {r.get('next_window') or 'none'}"
+
+
+def _archive(a: Body) -> str:
+    x = a.get("archive")
+    if not isinstance(x, dict):
+        return "off"
+    if x.get("healthy") is False:
+        return "UNHEALTHY"
+    return f"ok, {x.get('ready_files', 0)} .ready"
+
+
+def render_node(a: Body) -> str:
+    s = a.get("state", {})
+    lines = [
+        f"node {a.get('node')} (scope {a.get('scope')}), agent {a.get('version')}, up {a.get('uptime_seconds')} s",
+        f"  role {s.get('role')}  leader {s.get('leader')}  view {s.get('leader_view')}  "
+        f"confirmed primary {'yes' if s.get('confirmed_primary') else 'no'}  timeline {s.get('timeline')}",
+        f"  etcd {_updown(s.get('dcs_up'))}  patroni {_updown(s.get('patroni_up'))} ({s.get('patroni_state')})  "
+        f"postgres {_updown(s.get('postgres_up'))}  failover pending {'yes' if s.get('failover_pending') else 'no'}"
+        + ("  PAUSED" if s.get("paused") else ""),
+    ]
+    if s.get("disagreement"):
+        lines.append(f"  DISAGREEMENT: {s['disagreement']}")
+    lines.append(f"  watchdog  {_watchdog(a)}")
+    smp = a.get("sampler")
+    lines.append(f"  sampler   {_sampler(a)}"
+                 + (f", watermark {smp.get('watermark')}, missed buckets {smp.get('buckets_missed')}"
+                    if isinstance(smp, dict) else ""))
+    rp = a.get("repack")
+    lines.append(f"  repack    {_repack(a)}"
+                 + (f", leftovers {rp.get('leftovers')}, waiting for {', '.join(rp.get('waiting_for') or []) or '-'}"
+                    if isinstance(rp, dict) else ""))
+    ar = a.get("archive")
+    lines.append(f"  archive   {_archive(a)}"
+                 + (f", last archived {ar.get('last_archived_wal') or '-'}, failed {ar.get('failed_count')}"
+                    + (f" ({'; '.join(ar.get('reasons') or [])})" if ar.get("reasons") else "")
+                    if isinstance(ar, dict) else ""))
+    for name, c in sorted(a.get("components", {}).items()):
+        lines.append(f"  {name:<14} {_updown(c.get('up')):<5} restarts {c.get('restarts')}  "
+                     f"heartbeat {c.get('heartbeat_age_seconds')} s  {c.get('last_error') or ''}".rstrip())
+    return "\n".join(lines)
+
+
+def render_cluster(view: Body) -> str:
+    if view.get("error"):
+        return f"pg-node-agent: {view['error']}"
+    head = ("MEMBER", "PATRONI", "TL", "LAG", "AGENT", "ROLE", "LEADER", "PRIMARY", "ETCD", "PG", "WATCHDOG",
+            "SAMPLER", "REPACK", "ARCHIVE")
+    table: list[tuple[str, ...]] = [head]
+    for r in view["members"]:
+        m, a = r["member"], r["agent"]
+        lag = m.get("lag", m.get("receive_lag"))
+        patroni = (str(m.get("role", "?")), str(m.get("timeline", "-")), "-" if lag is None else str(lag))
+        if a is None:
+            table.append((str(m.get("name")), patroni[0] + " " + str(m.get("state", "")), *patroni[1:], "DOWN",
+                          *("?",) * 9))
+            continue
+        s = a.get("state", {})
+        table.append((str(m.get("name")), patroni[0] + " " + str(m.get("state", "")), *patroni[1:], "up",
+                      str(s.get("role")), str(s.get("leader")), "yes" if s.get("confirmed_primary") else "no",
+                      _updown(s.get("dcs_up")), _updown(s.get("postgres_up")), _watchdog(a), _sampler(a),
+                      _repack(a), _archive(a)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    title = f"cluster {view.get('scope')}: {len(view['members'])} members (Patroni at {view['patroni_url']})"
+    if view.get("paused"):
+        title += ", maintenance mode (paused)"
+    out = [title] + ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    probs = view.get("problems") or []
+    out.append("problems:" if probs else "ok: every agent answered, one confirmed primary, all see the same leader")
+    out += [f"  - {p}" for p in probs]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def main(cfg: Config, url: str | None, raw: bool, cluster: bool, auth_file: Path | None = None,
+         echo: Callable[[str], None] = print, err: Callable[[str], None] = print) -> int:
+    try:
+        auth = read_auth(auth_file) if auth_file else None
+    except (OSError, ValueError) as e:
+        err(f"pg-node-agent: --auth-file: {e}")
+        return 2
+    if cluster:
+        view = anyio.run(fetch_cluster, cfg.patroni.url, url or own_url(cfg), auth)
+        echo(json.dumps(view, indent=2, sort_keys=True) if raw else render_cluster(view))
+        return 1 if view.get("error") or view.get("problems") else 0
+    base = url or own_url(cfg)
+    body, error = anyio.run(fetch_node, base, auth)
+    if body is None:
+        err(f"pg-node-agent: cannot reach the agent at {base}: {error}")
+        return 1
+    echo(json.dumps(body, indent=2, sort_keys=True) if raw else render_node(body))
+    return 0

@@ -1,0 +1,115 @@
+"""The judging and rendering of `status --cluster`, on bodies shaped like Patroni's /cluster and
+the agent's /status (the integration test runs the same code against the lab)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.status import agent_url, problems, render_cluster, render_node
+
+
+def member(name: str, role: str = "replica", **kw: Any) -> dict[str, Any]:
+    return {"name": name, "role": role, "state": "running" if role == "leader" else "streaming",
+            "host": "10.0.0." + name[-1], "timeline": 2, **kw}
+
+
+def agent(name: str, leader: str = "pg1", **state: Any) -> dict[str, Any]:
+    s = {"role": "primary" if name == leader else "replica", "leader": leader, "confirmed_primary": name == leader,
+         "dcs_up": True, "patroni_up": True, "postgres_up": True, "disagreement": ""}
+    s.update(state)
+    return {"node": name, "scope": "main", "version": "0.1.0", "state": s,
+            "components": {"cluster_watch": {"up": True, "restarts": 0}},
+            "archive": {"healthy": True, "ready_files": 0, "reasons": []},
+            "watchdog": {"enabled": True, "withholding": [], "last_feed_age_seconds": 0.4}}
+
+
+def view(rows: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> dict[str, Any]:
+    v: dict[str, Any] = {"scope": "main", "patroni_url": "http://127.0.0.1:8008", "members": [
+        {"member": m, "agent_url": f"http://{m['host']}:9188", "agent": a, "error": "" if a else "ConnectError"}
+        for m, a in rows]}
+    v["problems"] = problems(v)
+    return v
+
+
+def healthy() -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    return [(member("pg1", "leader"), agent("pg1")), (member("pg2"), agent("pg2")), (member("pg3"), agent("pg3"))]
+
+
+def test_agent_url_prefers_the_patroni_tag() -> None:
+    assert agent_url({"host": "10.0.0.1", "tags": {"pg_node_agent": "https://a1:9443"}}, "http://x:9188") \
+        == "https://a1:9443"
+    assert agent_url({"host": "10.0.0.1", "tags": {"pg_node_agent": "a1:9200"}}, "http://x:9188") == "http://a1:9200"
+
+
+def test_agent_url_falls_back_to_member_host_with_own_port_and_scheme() -> None:
+    assert agent_url({"host": "10.0.0.2"}, "https://127.0.0.1:9444") == "https://10.0.0.2:9444"
+    assert agent_url({"host": "fd00::2", "tags": {}}, "http://127.0.0.1:9188") == "http://[fd00::2]:9188"
+
+
+def test_a_whole_cluster_of_one_mind_has_no_problems() -> None:
+    v = view(healthy())
+    assert v["problems"] == []
+    assert render_cluster(v).splitlines()[-1].startswith("ok:")
+
+
+def test_each_kind_of_problem_is_named() -> None:
+    rows = healthy()
+    rows[1] = (member("pg2"), None)
+    rows[2] = (member("pg3"), agent("pg3", leader="pg3", confirmed_primary=True, postgres_up=False,
+                                    disagreement="split brain: leader key says pg1, PostgreSQL is primary"))
+    rows[2][1]["components"]["sampler"] = {"up": False}
+    rows[2][1]["archive"] = {"healthy": False, "reasons": ["archiver failing"]}
+    p = view(rows)["problems"]
+    assert p == [
+        "pg2: agent not reachable at http://10.0.0.2:9188 (ConnectError)",
+        "pg3: its agent sees leader 'pg3', Patroni says 'pg1'",
+        "pg3: split brain: leader key says pg1, PostgreSQL is primary",
+        "pg3: PostgreSQL unreachable from the agent",
+        "pg3: components down: sampler",
+        "pg3: archive unhealthy: archiver failing",
+        "2 confirmed primaries (pg1, pg3), expected exactly 1",
+    ]
+
+
+def test_an_agent_answering_for_another_member_is_a_problem() -> None:
+    rows = healthy()
+    rows[2] = (member("pg3"), agent("pg2"))
+    assert view(rows)["problems"] == ["pg3: http://10.0.0.3:9188 is the agent of 'pg2', not of this member"]
+
+
+def test_no_leader_and_no_primary() -> None:
+    rows = [(member(n), agent(n, leader="")) for n in ("pg1", "pg2")]
+    for _, a in rows:
+        assert a is not None
+        a["state"]["leader"] = None
+    assert view(rows)["problems"] == ["Patroni names no leader", "0 confirmed primaries (none), expected exactly 1"]
+
+
+def test_standby_cluster_needs_no_primary() -> None:
+    rows = [(member("pg1", "standby_leader"), agent("pg1", confirmed_primary=False, role="standby_leader")),
+            (member("pg2"), agent("pg2"))]
+    assert view(rows)["problems"] == []
+
+
+def test_rendered_table_marks_the_down_agent_and_withheld_watchdog() -> None:
+    rows = healthy()
+    rows[1] = (member("pg2"), None)
+    assert rows[2][1] is not None
+    rows[2][1]["watchdog"]["withholding"] = ["sampler"]
+    lines = render_cluster(view(rows)).splitlines()
+    assert lines[1].split()[:5] == ["MEMBER", "PATRONI", "TL", "LAG", "AGENT"]
+    assert lines[3].split()[:6] == ["pg2", "replica", "streaming", "2", "-", "DOWN"]
+    assert "WITHHELD (sampler)" in lines[4]
+    assert lines[5] == "problems:"
+
+
+def test_node_view_names_each_job() -> None:
+    a = agent("pg1")
+    a["repack"] = {"running": {"database": "app", "table": "public.t"}, "leftovers": 0, "waiting_for": []}
+    a["sampler"] = {"source": "pg_stat_monitor", "series": 120, "watermark": "2026-11-24T08:00:00", "buckets_missed": 0}
+    out = render_node(a)
+    assert "role primary  leader pg1  view None  confirmed primary yes" in out
+    assert "  watchdog  fed 0.4s" in out
+    assert "  sampler   pg_stat_monitor 120 series" in out
+    assert "  repack    RUNNING app.public.t" in out
+    assert "  archive   ok, 0 .ready" in out
