@@ -1,6 +1,8 @@
-# pg-node-agent in a container: the wheel on a slim Debian base, run as a non-root user.
-# Build: docker build -t pg-node-agent .   Run: docker run -v /etc/pg-node-agent:/etc/pg-node-agent:ro \
-#   -v /var/run/postgresql:/var/run/postgresql --network host pg-node-agent
+# pg-node-agent in a container: the wheel on a slim Debian 12 base, run as a non-root user.
+#   docker build -t pg-node-agent .
+#   docker run --network host -v /etc/pg-node-agent:/etc/pg-node-agent:ro \
+#     -v /var/run/postgresql:/var/run/postgresql pg-node-agent
+# Beside a Patroni container: config/compose/ and docs/container.md.
 FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -8,16 +10,23 @@ COPY agent ./agent
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim-bookworm
+# Peer authentication over a shared socket maps the connecting uid through the *server's*
+# /etc/passwd: build with the uid of PostgreSQL's OS user there (999 in the postgres images).
+ARG PG_UID=999
+ARG PG_GID=999
 RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client pgbackrest \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 999 postgres-agent \
-    && useradd --system --uid 999 --gid 999 --home-dir /var/lib/pg-node-agent --create-home pgagent
+    && (getent group "$PG_GID" || groupadd --system --gid "$PG_GID" postgres) \
+    && (getent passwd postgres || useradd --system --uid "$PG_UID" --gid "$PG_GID" --no-create-home \
+        --home-dir /var/lib/pg-node-agent --shell /usr/sbin/nologin postgres) \
+    && install -d -o "$PG_UID" -g "$PG_GID" -m 0700 /var/lib/pg-node-agent
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER pgagent
+USER postgres
 ENV STATE_DIRECTORY=/var/lib/pg-node-agent
+VOLUME /var/lib/pg-node-agent
 EXPOSE 9188
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9188/health', timeout=2).status == 200 else 1)"
+  CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(u.urlopen('http://127.0.0.1:9188/health', timeout=2).status != 200)"]
 ENTRYPOINT ["pg-node-agent", "-c", "/etc/pg-node-agent/agent.toml"]
 CMD ["run"]

@@ -1,4 +1,4 @@
-"""The shipped unit, the wheel and the Dockerfile."""
+"""The shipped unit and the wheel (the Dockerfile: test_container.py)."""
 
 from __future__ import annotations
 
@@ -76,10 +76,3 @@ def test_wheel_builds_installs_and_runs_help(tmp_path: Path) -> None:
     out = subprocess.run([str(env_dir / "bin/pg-node-agent"), "--help"], capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
     assert out.returncode == 0 and "check-config" in out.stdout
-
-
-def test_dockerfile_runs_as_non_root_from_the_wheel_with_a_healthcheck() -> None:
-    text = (ROOT / "Dockerfile").read_text()
-    assert "USER " in text and "USER root" not in text
-    assert "HEALTHCHECK" in text and "/health" in text
-    assert ".whl" in text
