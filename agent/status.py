@@ -234,7 +234,8 @@ def render_cluster(view: Body) -> str:
                       _updown(s.get("dcs_up")), _updown(s.get("postgres_up")), _watchdog(a), _sampler(a),
                       _repack(a), _archive(a)))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    title = f"cluster {view.get('scope')}: {len(view['members'])} members (Patroni at {view['patroni_url']})"
+    n = len(view["members"])
+    title = f"cluster {view.get('scope')}: {n} member{'' if n == 1 else 's'} (Patroni at {view['patroni_url']})"
     if view.get("paused"):
         title += ", maintenance mode (paused)"
     out = [title] + ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]

@@ -538,9 +538,10 @@ class Container:
 
     # ------------------------------------------------------------------ driving
     def run(
-        self, argv: Sequence[str], *, check: bool = True, timeout: float = 60.0, input: str | None = None
+        self, argv: Sequence[str], *, check: bool = True, timeout: float = 60.0, input: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """argv in all of the container's namespaces, as its root, with a clean environment."""
+        """argv in all of the container's namespaces, as its root, with a clean environment (plus `env`)."""
         if self.leader is None:
             raise RuntimeError("container is not running")
         r = subprocess.run(
@@ -549,7 +550,7 @@ class Container:
             text=True,
             timeout=timeout,
             input=input,
-            env=CT_ENV,
+            env={**CT_ENV, **(env or {})},
             check=False,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
@@ -587,6 +588,26 @@ class Container:
 
     def read_file(self, path: str) -> str:
         return self.run(["cat", path]).stdout
+
+    def share_host_registries(self) -> dict[str, str]:
+        """Let apt and pip inside reach what the host reaches (the rootfs is scrubbed of both): the
+        host's resolver, apt sources and Acquire:: settings, CA bundle (an egress proxy may re-sign
+        TLS) and PIP_*/proxy variables. Returns the environment to run installs with."""
+        self.write_file("/etc/resolv.conf", Path("/etc/resolv.conf").read_text())
+        for f in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.sources"),
+                  *Path("/etc/apt/sources.list.d").glob("*.list")]:
+            if f.is_file():
+                self.write_file(str(f), f.read_text())
+        for f in Path("/etc/apt/apt.conf.d").glob("*"):
+            if f.is_file() and "Acquire::" in f.read_text(errors="replace"):
+                self.write_file(str(f), f.read_text())
+        bundle = Path("/etc/ssl/certs/ca-certificates.crt")
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith("PIP_") or k.lower() in ("http_proxy", "https_proxy", "no_proxy", "all_proxy")}
+        if bundle.is_file():
+            self.write_file(str(bundle), bundle.read_text())
+            env.update(PIP_CERT=str(bundle), SSL_CERT_FILE=str(bundle), REQUESTS_CA_BUNDLE=str(bundle))
+        return env
 
 
 @contextlib.contextmanager
