@@ -129,6 +129,9 @@ def problems(view: Body) -> list[str]:
         down = sorted(c for c, h in a.get("components", {}).items() if not h.get("up"))
         if down:
             out.append(f"{name}: components down: {', '.join(down)}")
+        smp = a.get("sampler")
+        if isinstance(smp, dict) and smp.get("unavailable"):
+            out.append(f"{name}: sampler has no source: {smp['unavailable']}")
         arch = a.get("archive")
         if isinstance(arch, dict) and arch.get("healthy") is False:
             out.append(f"{name}: archive unhealthy: {'; '.join(arch.get('reasons') or []) or arch.get('error')}")
@@ -160,7 +163,9 @@ def _sampler(a: Body) -> str:
     s = a.get("sampler")
     if not isinstance(s, dict):
         return "off"
-    return f"{s.get('source') or 'no source'} {s.get('series', 0)} series"
+    if not s.get("source"):
+        return "NO SOURCE" if s.get("unavailable") else "starting"
+    return f"{s['source']} {s.get('series', 0)} series"
 
 
 def _repack(a: Body) -> str:
@@ -197,7 +202,8 @@ def render_node(a: Body) -> str:
     lines.append(f"  watchdog  {_watchdog(a)}")
     smp = a.get("sampler")
     lines.append(f"  sampler   {_sampler(a)}"
-                 + (f", watermark {smp.get('watermark')}, missed buckets {smp.get('buckets_missed')}"
+                 + ((f" ({smp['unavailable']})" if smp.get("unavailable") else
+                     f", watermark {smp.get('watermark')}, missed buckets {smp.get('buckets_missed')}")
                     if isinstance(smp, dict) else ""))
     rp = a.get("repack")
     lines.append(f"  repack    {_repack(a)}"

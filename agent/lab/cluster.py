@@ -60,6 +60,8 @@ class Cluster:
         if progress:
             progress(f"patroni REST up on {len(self.nodes)} nodes after {time.monotonic() - t0:.1f}s")
         self.wait_healthy(max_wait - (time.monotonic() - t0), progress=progress)
+        # what an operator does once on a new cluster (docs/installation.md): the sampler's source
+        self.psql(self.leader(), "create extension if not exists pg_stat_statements")
         self.ready_after = time.monotonic() - t0
 
     def stop(self, timeout: float = 30.0) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import anyio
+
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import ETCD_BIN, Etcd
@@ -28,6 +31,7 @@ from agent.lab.patroni import PATRONI_BIN, PG_BIN_DIR, PatroniNode
 from agent.lab.procs import Proc, lab_user, pid_alive, pss_kib
 from agent.lab.prometheus import PROMETHEUS_BIN, Prometheus, lab_jobs
 from agent.lab.rundir import new_run_dir, remove_run_dir
+from agent.status import fetch_cluster, render_cluster
 
 SWITCHOVER_AFTER = 10.0
 POLL = 0.05
@@ -246,6 +250,7 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
         )
         print(f"  psql:     psql -h {leader.socket_dir} -p {leader.pg_port} -U postgres")
         print(f"  prometheus: {prom.url}/alerts  {prom.url}/graph   (rules {prom.rules_path})")
+        print(f"  cluster:  {sys.executable} -m agent -c {agents.agents[0].config_path} status --cluster")
         print()
         timeline.start()
         alerts.start()
@@ -325,6 +330,8 @@ def _do_switchover(cluster: Cluster, timeline: Timeline, pgbench: Proc, say: Any
         say("prometheus: still active: " + ", ".join(k for k in alerts.active if k in alerts.changed))
     _say_prometheus_view(alerts.prom, cluster.scope, say)
     say(f"new leader {new}")
+    view = anyio.run(fetch_cluster, cluster.node(new).rest_url, timeline.agents.agents[0].url)
+    print(f"\n`pg-node-agent status --cluster` now:\n{render_cluster(view)}\n", flush=True)
     if pgbench.popen is not None:  # its sessions on the old primary are gone: follow the leader
         pgbench.stop(timeout=5)
         pgbench.argv = _pgbench(

@@ -38,12 +38,14 @@ class Sampler:
                                             if self.state.watermark is not None else None)
         self.source: PgStatMonitor | PgStatStatements | None = None
         self._unavailable_logged = False
+        self.unavailable: str | None = None  # why no source can be read now (for /status)
         self.version = 0  # bumped whenever the totals may have changed: re-render the query series
 
     def status(self) -> dict[str, Any]:
         return {"source": self.health.source, "watermark": self.state.watermark,
                 "series": len(self.state.totals.series), "queryids_kept": len(self.state.totals.kept),
-                "buckets_missed": self.state.totals.buckets_missed, "reads": self.health.reads}
+                "buckets_missed": self.state.totals.buckets_missed, "reads": self.health.reads,
+                "unavailable": self.unavailable}
 
     async def open(self, ctx: Context) -> Conn:
         """Connect and choose the source; settings and schema are read once per session."""
@@ -122,6 +124,7 @@ class Sampler:
                         log.info("sampler_postgres_recovered", source=self.health.source)
                         down = False
                     self._unavailable_logged = False
+                    self.unavailable = None
                     backoff = 1.0
                 except SourceUnavailable as e:
                     if not self._unavailable_logged:
@@ -129,10 +132,12 @@ class Sampler:
                                     retry_in_seconds=ctx.config.sampler.interval)
                         self._unavailable_logged = True
                     self.health.source = None
+                    self.unavailable = str(e)
                     delay = ctx.config.sampler.interval
                 except (psycopg.Error, OSError) as e:
                     if not down:
                         log.warning("sampler_postgres_lost", error=f"{type(e).__name__}: {e}".strip()[:300])
+                        self.unavailable = "PostgreSQL unreachable"
                         self.health.postgres_outages += 1
                         down = True
                     await _close(conn)

@@ -113,3 +113,13 @@ def test_node_view_names_each_job() -> None:
     assert "  sampler   pg_stat_monitor 120 series" in out
     assert "  repack    RUNNING app.public.t" in out
     assert "  archive   ok, 0 .ready" in out
+
+
+def test_a_sampler_without_source_is_a_problem_and_shows_why() -> None:
+    rows = healthy()
+    assert rows[1][1] is not None
+    rows[1][1]["sampler"] = {"source": None, "series": 0, "unavailable": "source 'auto' not installed"}
+    v = view(rows)
+    assert v["problems"] == ["pg2: sampler has no source: source 'auto' not installed"]
+    assert "NO SOURCE" in render_cluster(v).splitlines()[3]
+    assert "  sampler   NO SOURCE (source 'auto' not installed)" in render_node(rows[1][1])
