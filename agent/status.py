@@ -131,7 +131,7 @@ def problems(view: Body) -> list[str]:
             out.append(f"{name}: components down: {', '.join(down)}")
         smp = a.get("sampler")
         if isinstance(smp, dict) and smp.get("unavailable"):
-            out.append(f"{name}: sampler has no source: {smp['unavailable']}")
+            out.append(f"{name}: sampler not reading: {smp['unavailable']}")
         arch = a.get("archive")
         if isinstance(arch, dict) and arch.get("healthy") is False:
             out.append(f"{name}: archive unhealthy: {'; '.join(arch.get('reasons') or []) or arch.get('error')}")
@@ -164,7 +164,9 @@ def _sampler(a: Body) -> str:
     if not isinstance(s, dict):
         return "off"
     if not s.get("source"):
-        return "NO SOURCE" if s.get("unavailable") else "starting"
+        return "NOT READING" if s.get("unavailable") else "starting"
+    if s.get("unavailable"):
+        return "NOT READING"
     return f"{s['source']} {s.get('series', 0)} series"
 
 

@@ -147,10 +147,23 @@ class Sampler:
                     task_status.started()
                     started = True
                 ctx.liveness.beat(NAME)
-                # wake at least every interval: heartbeat, SIGHUP'd config, identity checks
-                await anyio.sleep(min(delay, ctx.config.sampler.interval))
+                await self._pause(ctx, delay, down)
         finally:
             await _close(conn)
+
+
+    async def _pause(self, ctx: Context, delay: float, down: bool) -> None:
+        """Wake at least every interval (heartbeat, SIGHUP'd config, identity checks). While
+        PostgreSQL is lost, retry on the backoff, or as soon as pg_role sees it up again (after a
+        switchover PostgreSQL is back long before a 30 s backoff ends), but not within 1 s."""
+        delay = min(delay, ctx.config.sampler.interval)
+        if not down:
+            await anyio.sleep(delay)
+            return
+        with anyio.move_on_after(delay):
+            await anyio.sleep(min(1.0, delay))
+            while not ctx.state.current.postgres_up:
+                await ctx.state.changed()
 
 
 async def _close(conn: Conn | None) -> None:

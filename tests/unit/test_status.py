@@ -120,6 +120,6 @@ def test_a_sampler_without_source_is_a_problem_and_shows_why() -> None:
     assert rows[1][1] is not None
     rows[1][1]["sampler"] = {"source": None, "series": 0, "unavailable": "source 'auto' not installed"}
     v = view(rows)
-    assert v["problems"] == ["pg2: sampler has no source: source 'auto' not installed"]
-    assert "NO SOURCE" in render_cluster(v).splitlines()[3]
-    assert "  sampler   NO SOURCE (source 'auto' not installed)" in render_node(rows[1][1])
+    assert v["problems"] == ["pg2: sampler not reading: source 'auto' not installed"]
+    assert "NOT READING" in render_cluster(v).splitlines()[3]
+    assert "  sampler   NOT READING (source 'auto' not installed)" in render_node(rows[1][1])
