@@ -8,8 +8,7 @@ buckets between the watermark and the newest finished one.
 from __future__ import annotations
 
 import time
-from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +26,7 @@ from agent.sampler.buckets import (
 from agent.sampler.metrics import Health
 from agent.sampler.persist import SamplerState
 from agent.sampler.source import Conn, read_chunks
-from agent.sampler.totals import NFIELDS, QueryRow
+from agent.sampler.totals import Batch
 
 log = structlog.get_logger("sampler")
 
@@ -108,55 +107,13 @@ _SCALES = tuple(scale for _c, scale in VALUE_COLUMNS)
 _LABELS_AT = 5  # position of the first label column in a row of build_select()
 
 
-class _BucketAggs:
-    """One bucket's rows summed per (queryid, labels) as they stream in, in first-seen order:
-    the values of all aggregates in one array of doubles, resp_calls as one array each (or None
-    once a row of that aggregate had none). The sums are made exactly as Totals.add makes them
-    (row order, same float operations), so feeding these aggregates changes nothing."""
-
-    __slots__ = ("index", "keys", "resp", "vals")
-
-    def __init__(self) -> None:
-        self.index: dict[tuple[str, tuple[str, ...]], int] = {}
-        self.keys: list[tuple[str, tuple[str, ...]]] = []
-        self.vals: array[float] = array("d")
-        self.resp: list[array[float] | None] = []
-
-    def add(self, qid: str, labels: tuple[str, ...], vals: list[float], resp: list[float] | None) -> None:
-        k = (qid, labels)
-        i = self.index.get(k)
-        if i is None:
-            self.index[k] = len(self.keys)
-            self.keys.append(k)
-            self.vals.extend(vals)
-            self.resp.append(array("d", resp) if resp is not None else None)
-            return
-        base, v = i * NFIELDS, self.vals
-        for j, x in enumerate(vals):
-            v[base + j] += x
-        a = self.resp[i]
-        if a is not None and resp is not None:
-            if len(a) != len(resp):
-                raise ValueError(f"resp_calls of queryid {qid} changed length within a bucket")
-            for j, x in enumerate(resp):
-                a[j] += x
-        else:
-            self.resp[i] = None
-
-    def rows(self) -> Iterator[QueryRow]:
-        for i, (qid, labels) in enumerate(self.keys):
-            a = self.resp[i]
-            yield QueryRow(qid, labels, self.vals[i * NFIELDS:(i + 1) * NFIELDS].tolist(),
-                           a.tolist() if a is not None else None)
-
-
 class Batches:
     """A read, aggregated chunk by chunk: memory grows with the distinct (bucket, queryid,
     labels) of the read, not with its rows, and no row is held after its chunk."""
 
     def __init__(self, nlabels: int) -> None:
         self.nlabels = nlabels
-        self.buckets: dict[int, _BucketAggs] = {}
+        self.buckets: dict[int, Batch] = {}
         self.seen: set[int] = set()
         self.errors: dict[tuple[str, str], float] = {}
         self.histogram_mismatches = 0
@@ -180,7 +137,7 @@ class Batches:
                 resp = None
             aggs = self.buckets.get(bucket)
             if aggs is None:
-                aggs = self.buckets[bucket] = _BucketAggs()
+                aggs = self.buckets[bucket] = Batch()
             labels = tuple(r[_LABELS_AT:first_value])
             aggs.add(r[1], self._labels.setdefault(labels, labels), vals, resp)
 
@@ -264,5 +221,5 @@ class PgStatMonitor:
         """One batch per bucket, oldest first, so top-N promotion sees buckets as they happened."""
         health.histogram_mismatches += batches.histogram_mismatches
         for b in sorted(batches.buckets):
-            st.totals.add(batches.buckets.pop(b).rows(), top_n, max_series)
+            st.totals.add(batches.buckets.pop(b), top_n, max_series)
         st.totals.add_errors((elevel, sqlcode, calls) for (elevel, sqlcode), calls in batches.errors.items())

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from agent.sampler import persist
-from agent.sampler.totals import NFIELDS, QueryRow, Totals
+from agent.sampler.totals import NFIELDS, Batch, QueryRow, Totals
 
 LABELS = ("datname", "username")
 
@@ -15,7 +15,7 @@ def state_with_calls(n: float) -> persist.SamplerState:
     t = Totals(LABELS)
     v = [0.0] * NFIELDS
     v[0], v[1] = n, 0.5
-    t.add([QueryRow("42", ("app", "u"), v, None)], top_n=10, max_series=100)
+    t.add(Batch.of([QueryRow("42", ("app", "u"), v, None)]), top_n=10, max_series=100)
     return persist.SamplerState(totals=t, watermark=1_790_000_000,
                                 identity=persist.Identity("7300000000000000001", 1_789_999_000.0))
 

@@ -1,59 +1,80 @@
-from agent.sampler.deltas import Entry, PgssDeltas
+import json
+
+import pytest
+
+from agent.sampler.deltas import DeltaResult, Entries, Key, PgssDeltas
 from agent.sampler.totals import NFIELDS
 
 K1 = (10, 5, 111, True)
 K2 = (10, 5, 222, True)
 
 
-def e(q: str, calls: float) -> Entry:
-    v = [0.0] * NFIELDS
-    v[0] = calls
-    return Entry(q, ("db",), v)
+def read(*entries: tuple[Key, float]) -> Entries:
+    """One read as pg_stat_statements.READ rows: dbid, userid, queryid, toplevel, datname, username, values."""
+    e = Entries(("datname",))
+    rows = []
+    for (user, db, qid, top), calls in entries:
+        v = [0.0] * NFIELDS
+        v[0], v[1] = calls, calls / 100
+        rows.append((db, user, qid, top, "db", "u", *v))
+    e.add_rows(rows)
+    return e
 
 
-def calls(res: object) -> dict[str, float]:
-    return {r.queryid: r.values[0] for r in res.rows}  # type: ignore[attr-defined]
+def calls(res: DeltaResult) -> dict[str, float]:
+    b = res.batch
+    return {qid: b.values(i)[0] for i, (qid, _labels) in enumerate(b.keys)}
 
 
 def test_first_read_primes_without_increments() -> None:
     d = PgssDeltas()
-    res = d.apply({K1: e("111", 50)}, "t0", 0)
-    assert res.primed and res.rows == []
+    res = d.apply(read((K1, 50)), "t0", 0)
+    assert res.primed and len(res.batch) == 0
 
 
 def test_increments_are_differences_and_new_entries_count_whole() -> None:
     d = PgssDeltas()
-    d.apply({K1: e("111", 50)}, "t0", 0)
-    res = d.apply({K1: e("111", 70), K2: e("222", 3)}, "t0", 0)
-    assert calls(res) == {"111": 20, "222": 3}
+    d.apply(read((K1, 50), (K2, 7)), "t0", 0)
+    res = d.apply(read((K1, 70), (K2, 7), ((10, 5, 333, True), 3)), "t0", 0)
+    assert calls(res) == {"111": 20, "333": 3}   # 222 did not run: no row
+    assert res.batch.keys[0] == ("111", ("db",)) and res.batch.values(0)[1] == pytest.approx(0.2)
 
 
 def test_stats_reset_takes_current_values_and_never_goes_negative() -> None:
     d = PgssDeltas()
-    d.apply({K1: e("111", 50)}, "t0", 0)
-    res = d.apply({K1: e("111", 60)}, "t1", 0)  # reset, then 60 new calls (more than before)
+    d.apply(read((K1, 50)), "t0", 0)
+    res = d.apply(read((K1, 60)), "t1", 0)  # reset, then 60 new calls (more than before)
     assert res.reset and calls(res) == {"111": 60}
 
 
 def test_recreated_entry_after_dealloc_counts_its_current_value() -> None:
     d = PgssDeltas()
-    d.apply({K1: e("111", 50)}, "t0", 0)
-    res = d.apply({K1: e("111", 4)}, "t0", 7)
+    d.apply(read((K1, 50)), "t0", 0)
+    res = d.apply(read((K1, 4)), "t0", 7)
     assert res.dealloc == 7 and res.recreated == 1 and calls(res) == {"111": 4}
 
 
 def test_toplevel_and_nested_entries_are_separate_keys() -> None:
     d = PgssDeltas()
     nested = (10, 5, 111, False)
-    d.apply({K1: e("111", 1), nested: e("111", 1)}, "t0", 0)
-    res = d.apply({K1: e("111", 2), nested: e("111", 5)}, "t0", 0)
-    assert sorted(r.values[0] for r in res.rows) == [1, 4]
+    d.apply(read((K1, 1), (nested, 1)), "t0", 0)
+    res = d.apply(read((K1, 2), (nested, 5)), "t0", 0)
+    assert calls(res) == {"111": 5}   # both increments, summed into one aggregate: 1 + 4
+
+
+def test_a_duplicate_key_in_one_read_replaces_the_earlier_row() -> None:
+    d = PgssDeltas()
+    d.apply(read((K1, 10)), "t0", 0)
+    assert calls(d.apply(read((K1, 12), (K1, 15)), "t0", 0)) == {"111": 5}
 
 
 def test_deltas_state_round_trips() -> None:
-    import json
-
     d = PgssDeltas()
-    d.apply({K1: e("111", 50)}, "t0", 2)
+    d.apply(read((K1, 50)), "t0", 2)
     back = PgssDeltas.from_json(json.loads(json.dumps(d.to_json())))
-    assert back.apply({K1: e("111", 55)}, "t0", 2).rows[0].values[0] == 5
+    assert calls(back.apply(read((K1, 55)), "t0", 2)) == {"111": 5}
+
+
+def test_state_of_another_field_count_is_refused() -> None:
+    with pytest.raises(ValueError, match="values an entry"):
+        PgssDeltas.from_json({"prev": [[list(K1), [1.0, 2.0]]]})

@@ -1,4 +1,4 @@
-from agent.sampler.totals import FIELDS, NFIELDS, OTHER, QueryRow, Totals
+from agent.sampler.totals import FIELDS, NFIELDS, OTHER, Batch, QueryRow, Totals
 
 
 def row(
@@ -19,23 +19,23 @@ def calls(t: Totals) -> dict[tuple[str, ...], float]:
 
 def test_two_users_with_the_same_query_in_one_bucket_are_both_counted() -> None:
     t = Totals(("datname",))
-    t.add([row("1", 3, 0.1, ("db",)), row("1", 4, 0.1, ("db",))], top_n=10, max_series=100)
+    t.add(Batch.of([row("1", 3, 0.1, ("db",)), row("1", 4, 0.1, ("db",))]), top_n=10, max_series=100)
     assert calls(t) == {("1", "db"): 7}
 
 
 def test_top_n_keep_their_queryid_and_the_rest_fold_into_other() -> None:
     t = Totals(("d", "u"))
-    folded = t.add([row("a", 1, 3.0), row("b", 1, 2.0), row("c", 5, 1.0)], top_n=2, max_series=100)
+    folded = t.add(Batch.of([row("a", 1, 3.0), row("b", 1, 2.0), row("c", 5, 1.0)]), top_n=2, max_series=100)
     assert calls(t) == {("a", "db", "u"): 1, ("b", "db", "u"): 1, (OTHER, "db", "u"): 5}
     assert folded == 1 and t.series_folded == 1
 
 
 def test_a_promoted_queryid_keeps_its_series_and_never_decreases() -> None:
     t = Totals(("d", "u"))
-    t.add([row("a", 1, 3.0), row("b", 1, 2.0)], top_n=2, max_series=100)
+    t.add(Batch.of([row("a", 1, 3.0), row("b", 1, 2.0)]), top_n=2, max_series=100)
     before = calls(t)
     # c now dominates but there is no free slot: a and b keep accumulating, c goes to other
-    t.add([row("a", 1, 0.0), row("c", 9, 99.0)], top_n=2, max_series=100)
+    t.add(Batch.of([row("a", 1, 0.0), row("c", 9, 99.0)]), top_n=2, max_series=100)
     after = calls(t)
     assert all(after[k] >= v for k, v in before.items())
     assert after[("a", "db", "u")] == 2 and after[(OTHER, "db", "u")] == 9
@@ -44,7 +44,7 @@ def test_a_promoted_queryid_keeps_its_series_and_never_decreases() -> None:
 def test_ten_thousand_statements_fold_to_max_series_with_sums_preserved() -> None:
     t = Totals(("d", "u"))
     rows = [row(str(i), i % 7 + 1, float(i % 13), labels=("db", f"user{i % 50}")) for i in range(10_000)]
-    t.add(rows, top_n=100, max_series=300)
+    t.add(Batch.of(rows), top_n=100, max_series=300)
     assert len(t.series) <= 301  # the all-"other" series may be the one beyond the cap
     assert sum(v[0] for v in t.series.values()) == sum(r.values[0] for r in rows)
 
@@ -52,7 +52,7 @@ def test_ten_thousand_statements_fold_to_max_series_with_sums_preserved() -> Non
 def test_histogram_count_equals_calls_per_label_set() -> None:
     t = Totals(("d", "u"))
     t.set_bounds((0.001, 0.01, float("inf")))
-    t.add([row("a", 3, 0.002, resp=[2, 1, 0]), row("b", 2, 0.5, resp=[0, 0, 2])], top_n=1, max_series=100)
+    t.add(Batch.of([row("a", 3, 0.002, resp=[2, 1, 0]), row("b", 2, 0.5, resp=[0, 0, 2])]), top_n=1, max_series=100)
     h = t.hist[("db", "u")]
     assert sum(h[:-1]) == sum(v[0] for v in t.series.values()) == 5
     assert h[-1] == 0.502
@@ -60,7 +60,7 @@ def test_histogram_count_equals_calls_per_label_set() -> None:
 
 def test_relabel_starts_new_series_and_keeps_errors() -> None:
     t = Totals(("d", "u"))
-    t.add([row("a", 1, 1.0)], top_n=1, max_series=10)
+    t.add(Batch.of([row("a", 1, 1.0)]), top_n=1, max_series=10)
     t.add_errors([("21", "22012", 3)])
     assert t.relabel(("d",))
     assert t.series == {} and t.errors == {("21", "22012"): 3}
@@ -71,7 +71,7 @@ def test_state_round_trips_through_json() -> None:
 
     t = Totals(("d", "u"))
     t.set_bounds((0.001, float("inf")))
-    t.add([row("a", 1, 1.0, resp=[1, 0])], top_n=1, max_series=10)
+    t.add(Batch.of([row("a", 1, 1.0, resp=[1, 0])]), top_n=1, max_series=10)
     t.add_errors([("21", "42P01", 2)])
     t.buckets_missed = 4
     back = Totals.from_json(json.loads(json.dumps(t.to_json())))
