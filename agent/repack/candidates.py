@@ -100,8 +100,14 @@ def estimate_bloat(t: TableFacts) -> tuple[float, str]:
     return (t.dead_tuples / total if total else 0.0), "dead_tuples"
 
 
+# A run is refused when total_bytes / throughput x this is longer than the window has left: the
+# estimate comes from earlier runs of this node, and the final swap may wait for locks.
+DURATION_MARGIN = 1.5
+
+
 def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig, *, free_disk_bytes: int,
-           last_success: float | None, now: float) -> Assessment:
+           last_success: float | None, now: float, throughput: float | None = None,
+           seconds_left: float | None = None) -> Assessment:
     bloat, method = estimate_bloat(t)
     skip = ""
     if not matches(t.name, w.include, w.exclude):
@@ -137,7 +143,13 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("insufficient_disk")
     if last_success is not None and now - last_success < w.min_interval:
         refusals.append("repacked_recently")
+    if throughput and seconds_left is not None and t.total_bytes / throughput * DURATION_MARGIN > seconds_left:
+        refusals.append("window_too_short")
     return Assessment(t, bloat, method, skip, refusals)
+
+
+def estimated_seconds(total_bytes: int, throughput: float | None) -> float | None:
+    return total_bytes / throughput * DURATION_MARGIN if throughput else None
 
 
 def order(items: list[Assessment]) -> list[Assessment]:

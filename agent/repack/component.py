@@ -160,7 +160,8 @@ class RepackJob:
                 continue
             for a in candidates.order([
                 candidates.assess(t, dbf, w, cfg.repack, free_disk_bytes=free, now=now,
-                                  last_success=history.last_success(table_key(db, t.schema, t.table)))
+                                  last_success=history.last_success(table_key(db, t.schema, t.table)),
+                                  throughput=history.throughput(), seconds_left=slot.end.timestamp() - now)
                 for t in tables
             ]):
                 key = table_key(db, a.facts.schema, a.facts.table)
@@ -170,7 +171,9 @@ class RepackJob:
                     self._tried.add((slot.key, key))  # logged once per window
                     log.info("repack_table_refused", database=db, table=a.facts.name, reasons=a.refusals,
                              bloat_ratio=round(a.bloat, 3), bloat_method=a.method,
-                             total_bytes=a.facts.total_bytes)
+                             total_bytes=a.facts.total_bytes,
+                             estimated_seconds=candidates.estimated_seconds(a.facts.total_bytes,
+                                                                            history.throughput()))
                     continue
                 if best is None or a.bloat_bytes > best.bloat_bytes:
                     best = a
@@ -222,7 +225,7 @@ class RepackJob:
             return
         History.load(ctx.config.state_dir / "repack.json").record(
             table_key(target.database, target.schema, target.table), out.result.value, time.time(),
-            out.reclaimed_bytes)
+            out.reclaimed_bytes, total_bytes=target.total_bytes, duration=out.duration_seconds)
         self.recent.appendleft({"database": target.database, "table": target.name, "result": out.result.value,
                                 "reason": out.reason, "reclaimed_bytes": out.reclaimed_bytes,
                                 "duration_seconds": round(out.duration_seconds, 3),

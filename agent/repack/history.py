@@ -1,10 +1,13 @@
-"""When each table was last repacked, kept in `<state_dir>/repack.json` so `min_interval` holds
-across agent restarts. Written atomically (temp file + rename): a crash leaves the old file."""
+"""When each table was last repacked, and how fast this node repacks, kept in
+`<state_dir>/repack.json` so `min_interval` holds across agent restarts and a table too large for
+the rest of a window is not started. Written atomically (temp file + rename): a crash leaves the
+old file."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,9 @@ from typing import Any
 import structlog
 
 log = structlog.get_logger("repack")
+
+RATES_KEPT = 10           # the node's last successful runs that estimate its throughput
+MIN_RATE_BYTES = 1 << 20  # runs of smaller tables say more about fixed costs than throughput
 
 
 def table_key(database: str, schema: str, table: str) -> str:
@@ -22,35 +28,44 @@ def table_key(database: str, schema: str, table: str) -> str:
 class History:
     path: Path
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rates: list[float] = field(default_factory=list)  # bytes rewritten per second, newest last
 
     @classmethod
     def load(cls, path: Path) -> History:
         try:
             data = json.loads(path.read_text())
             tables = data.get("tables", {}) if isinstance(data, dict) else {}
+            rates = [float(r) for r in data.get("rates", [])] if isinstance(data, dict) else []
         except FileNotFoundError:
-            tables = {}
-        except (OSError, ValueError) as e:  # a corrupt file must not stop repacking forever
+            tables, rates = {}, []
+        except (OSError, ValueError, TypeError) as e:  # a corrupt file must not stop repacking forever
             log.warning("repack_history_unreadable", path=str(path), error=str(e))
-            tables = {}
-        return cls(path, tables)
+            tables, rates = {}, []
+        return cls(path, tables, rates)
+
+    def throughput(self) -> float | None:
+        """Median bytes per second of this node's recent runs; None before the first one."""
+        return statistics.median(self.rates) if self.rates else None
 
     def last_success(self, key: str) -> float | None:
         v = self.tables.get(key, {}).get("last_success")
         return float(v) if v is not None else None
 
-    def record(self, key: str, result: str, at: float, reclaimed_bytes: int = 0) -> None:
+    def record(self, key: str, result: str, at: float, reclaimed_bytes: int = 0, *,
+               total_bytes: int = 0, duration: float = 0.0) -> None:
         entry = self.tables.setdefault(key, {})
         entry.update(last_attempt=at, last_result=result)
         if result == "success":
             entry.update(last_success=at, last_reclaimed_bytes=reclaimed_bytes)
+            if total_bytes >= MIN_RATE_BYTES and duration > 0:
+                self.rates = [*self.rates, total_bytes / duration][-RATES_KEPT:]
         self.save()
 
     def save(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"tables": self.tables}, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps({"tables": self.tables, "rates": self.rates}, indent=1, sort_keys=True))
             os.replace(tmp, self.path)
         except OSError as e:
             log.warning("repack_history_not_saved", path=str(self.path), error=str(e))

@@ -95,6 +95,11 @@ async def _plan(cfg: Config) -> int:
     sample: guards.Sample | None = None
     shown = slot or nxt
     w = rc.windows[shown.index] if shown is not None else None
+    seconds_left = (shown.end - max(now, shown.start)).total_seconds() if shown is not None else None
+    rate = history.throughput()
+    _say(f"throughput of this node's recent runs: {rate / 1048576:.1f} MiB/s (a table is refused when "
+         f"size / throughput x {candidates.DURATION_MARGIN} exceeds the window's time left)" if rate else
+         "throughput: no earlier run on this node, so no duration estimate yet")
     try:
         async with await pg.connect(cfg.postgres, "repack-plan") as conn:
             row = await (await conn.execute("SELECT pg_is_in_recovery() AS r")).fetchone()
@@ -116,7 +121,8 @@ async def _plan(cfg: Config) -> int:
                     free = guards.free_disk_bytes(data_dir)
                     items = candidates.order([
                         candidates.assess(t, dbf, w, rc, free_disk_bytes=free, now=time.time(),
-                                          last_success=history.last_success(table_key(db, t.schema, t.table)))
+                                          last_success=history.last_success(table_key(db, t.schema, t.table)),
+                                          throughput=history.throughput(), seconds_left=seconds_left)
                         for t in tables])
                     for a in items:
                         if a.skip in ("excluded",):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from agent.repack.candidates import (
     matches,
     order,
 )
+from agent.repack.history import History
 
 MiB = 1024 * 1024
 W = RepackWindow(cron="0 2 * * *", duration=Duration(3600), include=["public.*", "app.*"],
@@ -108,3 +110,29 @@ def test_most_reclaimable_bytes_first() -> None:
     small = _assess(dataclasses.replace(T, table="small", heap_bytes=20 * MiB))
     big = _assess()
     assert [a.facts.table for a in order([small, big])] == ["t", "small"]
+
+
+def test_a_table_the_rest_of_the_window_cannot_hold_is_refused() -> None:
+    # 120 MiB at this node's 2 MiB/s is 60 s, x 1.5 margin = 90 s
+    def refusals(seconds_left: float, throughput: float | None = 2 * MiB) -> list[str]:
+        return assess(T, DB, W, CFG, free_disk_bytes=10**12, last_success=None, now=1_000_000.0,
+                      throughput=throughput, seconds_left=seconds_left).refusals
+
+    assert refusals(89) == ["window_too_short"]
+    assert refusals(91) == []
+    assert refusals(1, throughput=None) == []   # no earlier run: nothing to estimate with
+
+
+def test_throughput_is_the_median_of_recent_big_enough_runs(tmp_path: Path) -> None:
+    h = History.load(tmp_path / "repack.json")
+    assert h.throughput() is None
+    h.record("db/public.a", "success", 1.0, total_bytes=100 * MiB, duration=10.0)    # 10 MiB/s
+    h.record("db/public.b", "success", 2.0, total_bytes=100 * MiB, duration=50.0)    # 2 MiB/s
+    h.record("db/public.c", "success", 3.0, total_bytes=60 * MiB, duration=10.0)     # 6 MiB/s
+    h.record("db/public.d", "success", 4.0, total_bytes=1024, duration=10.0)         # too small to say
+    h.record("db/public.e", "aborted", 5.0, total_bytes=100 * MiB, duration=1.0)     # not a success
+    back = History.load(tmp_path / "repack.json")
+    assert back.throughput() == 6 * MiB
+    for i in range(20):
+        back.record(f"db/public.t{i}", "success", 10.0 + i, total_bytes=10 * MiB, duration=1.0)
+    assert History.load(tmp_path / "repack.json").throughput() == 10 * MiB   # only the last 10 count
