@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -26,6 +27,7 @@ class LeaderChanged:
     leader: str | None  # None: the key was deleted (released or expired)
     previous: str | None
     revision: int
+    observed_at: float = field(default_factory=time.time)  # wall clock when the watch saw it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

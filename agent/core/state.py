@@ -7,7 +7,6 @@ or disagreeing source means not confirmed, and everything that writes stops.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -102,7 +101,7 @@ class NodeState:
 
 def reduce(s: NodeState, ev: Event) -> NodeState:
     match ev:
-        case LeaderChanged(leader=leader, revision=rev):
+        case LeaderChanged(leader=leader, revision=rev, observed_at=at):
             if rev and rev < s.leader_revision:
                 return s  # older than what we applied: a replay
             # a change is a *new* leader name: a switchover's DELETE then PUT counts once, and the
@@ -111,7 +110,7 @@ def reduce(s: NodeState, ev: Event) -> NodeState:
             return replace(s, leader=leader, leader_known=True, leader_revision=rev,
                            last_leader=leader if leader is not None else s.last_leader,
                            leader_changes=s.leader_changes + (1 if changed else 0),
-                           leader_changed_at=time.time() if changed else s.leader_changed_at)
+                           leader_changed_at=at if changed else s.leader_changed_at)
         case FailoverPending(pending=p, candidate=c):
             return replace(s, failover_pending=p, failover_candidate=c)
         case MembersChanged(members=m):

@@ -43,9 +43,12 @@ def test_switchover_delete_then_put_counts_one_leader_change() -> None:
     s = primary_node()
     s = reduce(s, LeaderChanged(leader=None, previous="node1", revision=6))
     assert s.leader_changes == 0 and s.leader_view is LeaderView.UNKNOWN
-    s = reduce(s, LeaderChanged(leader="node2", previous=None, revision=7))
-    assert s.leader_changes == 1 and s.leader_view is LeaderView.OTHER
-    assert s.leader_changed_at is not None
+    ev = LeaderChanged(leader="node2", previous=None, revision=7, observed_at=1_790_000_000.5)
+    after = reduce(s, ev)
+    assert after.leader_changes == 1 and after.leader_view is LeaderView.OTHER
+    # the observation time travels with the event: reduce stays a pure function of its inputs
+    assert after.leader_changed_at == 1_790_000_000.5
+    assert reduce(s, ev) == after
 
 
 def test_writable_postgres_without_the_leader_key_is_a_disagreement() -> None:
