@@ -24,14 +24,18 @@ def _b64(s: str | bytes) -> str:
 
 
 class Etcd:
-    def __init__(self, run_dir: Path, name: str = "etcd") -> None:
+    """One etcd member: alone, or one of an `EtcdCluster` (then `peers` names every member's peer URL)."""
+
+    def __init__(self, run_dir: Path, name: str = "etcd", *, peer_port: int | None = None,
+                 peers: dict[str, str] | None = None) -> None:
         self.name = name
         self.client_port = free_port()
-        self.peer_port = free_port()
+        self.peer_port = peer_port or free_port()
         self.data_dir = run_dir / f"{name}-data"
         self.log_path = run_dir / f"{name}.log"
         client = self.url
         peer = f"http://127.0.0.1:{self.peer_port}"
+        initial = ",".join(f"{n}={u}" for n, u in (peers or {name: peer}).items())
         argv = [
             shutil.which("etcd") or ETCD_BIN,
             "--name", name,
@@ -40,7 +44,8 @@ class Etcd:
             "--advertise-client-urls", client,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{name}={peer}",
+            "--initial-cluster", initial,
+            "--initial-cluster-token", f"lab-{min(int(u.rsplit(':', 1)[1]) for u in (peers or {name: peer}).values())}",
             "--experimental-watch-progress-notify-interval=1s",
             "--log-level", "warn",
         ]  # fmt: skip
@@ -128,3 +133,34 @@ class Etcd:
 
         wait_until(check, timeout, f"etcd key {key}", detail=lambda: box[0] if box else None)
         return box[0]
+
+
+class EtcdCluster:
+    """Three (or `size`) etcd members on loopback: what a production Patroni cluster runs on, so
+    tests can lose the member the agent talks to while the cluster keeps its quorum."""
+
+    def __init__(self, run_dir: Path, size: int = 3, name: str = "etcd") -> None:
+        ports = {f"{name}{i}": free_port() for i in range(1, size + 1)}
+        peers = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
+        self.members = [Etcd(run_dir, n, peer_port=p, peers=peers) for n, p in ports.items()]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.url for m in self.members]
+
+    def member(self, url: str) -> Etcd:
+        return next(m for m in self.members if m.url == url.rstrip("/"))
+
+    def start(self, max_wait: float = 20.0) -> None:
+        for m in self.members:  # together: a member is healthy only once the quorum is there
+            m.proc.spawn()
+        for m in self.members:
+            m.proc.wait_accessible(max_wait)
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def any(self) -> Etcd:
+        """A member that answers, for test reads and writes."""
+        return next(m for m in self.members if m.proc.is_running() and m.healthy())

@@ -41,7 +41,7 @@ class PatroniSettings:
 
     scope: str = "lab"
     namespace: str = "/service"
-    etcd_url: str = "http://127.0.0.1:2379"
+    etcd_url: str = "http://127.0.0.1:2379"  # comma-separated for several members
     archive_dir: Path = Path("/tmp/pgna-archive")
     ttl: int = 20
     loop_wait: int = 2
@@ -88,7 +88,7 @@ class PatroniNode:
                 "listen": f"127.0.0.1:{self.rest_port}",
                 "connect_address": f"127.0.0.1:{self.rest_port}",
             },
-            "etcd3": {"hosts": [s.etcd_url.removeprefix("http://")]},
+            "etcd3": {"hosts": [u.removeprefix("http://") for u in s.etcd_url.split(",")]},
             "bootstrap": {
                 "dcs": {
                     "ttl": s.ttl,
