@@ -163,10 +163,10 @@ def _sampler(a: Body) -> str:
     s = a.get("sampler")
     if not isinstance(s, dict):
         return "off"
-    if not s.get("source"):
-        return "NOT READING" if s.get("unavailable") else "starting"
     if s.get("unavailable"):
         return "NOT READING"
+    if not s.get("source"):
+        return "starting"
     return f"{s['source']} {s.get('series', 0)} series"
 
 
