@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--no-switchover", action="store_true")
     demo.add_argument("--keep", action="store_true", help="keep the run directory")
-    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
+    demo.add_argument("--duration", type=float, default=0, help="stop this long after the lab is up (0: Ctrl-C)")
     rp = sub.add_parser("repack", help="pg_repack windows")
     rsub = rp.add_subparsers(dest="repack_cmd", required=True, metavar="SUBCOMMAND")
     rsub.add_parser("plan", help="show what the next window would repack and which guard would stop it now")

@@ -266,7 +266,7 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
             time.sleep(wait)
             _do_switchover(cluster, timeline, pgbench, say, alerts)
         say(
-            "running; Ctrl-C to stop" if deadline is None else f"running until {duration:.0f}s after start-up"
+            "running; Ctrl-C to stop" if deadline is None else f"running until {duration:.0f}s after the lab came up"
         )
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
