@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -125,7 +127,8 @@ def test_password_never_reaches_logs_or_status(run_dir: Path, etcd: Etcd) -> Non
 def test_tls_and_basic_auth_protect_the_endpoints(run_dir: Path, etcd: Etcd) -> None:
     key, cert = run_dir / "key.pem", run_dir / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1"], check=True, capture_output=True, timeout=60)
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
     digest = hashlib.sha256(b"scrape-pw").hexdigest()
     a = AgentProc(run_dir, etcd.url, scope=f"s{uuid.uuid4().hex[:8]}")
     a.config.write_text(a.config.read_text().replace(
@@ -151,5 +154,16 @@ def test_tls_and_basic_auth_protect_the_endpoints(run_dir: Path, etcd: Etcd) -> 
         wait_until(lambda: get("prom:scrape-pw") == 200, 20, "TLS /metrics with auth", detail=a.tail)
         assert get(None) == 401 and get("prom:wrong") == 401
         assert a.get("/metrics")[0] == 0  # plain HTTP is not served
+        # the status CLI: https from the config's tls_cert_file, the CA from SSL_CERT_FILE, the
+        # password from a file
+        auth = run_dir / "status-auth"
+        auth.write_text("prom:scrape-pw\n")
+        cli = [sys.executable, "-m", "agent", "-c", str(a.config), "status", "--auth-file", str(auth)]
+        env = {**os.environ, "SSL_CERT_FILE": str(cert)}
+        r = subprocess.run(cli, capture_output=True, text=True, timeout=30, env=env, check=False)
+        assert r.returncode == 0 and r.stdout.startswith("node "), r.stderr
+        untrusted = subprocess.run(cli, capture_output=True, text=True, timeout=30, check=False,
+                                   env={k: v for k, v in env.items() if k != "SSL_CERT_FILE"})
+        assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr
     finally:
         a.stop()
