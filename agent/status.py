@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
+from agent.cluster.etcd import Etcd, EtcdUnavailable
+from agent.cluster.keys import Keys, member_as_in_cluster_api
 from agent.core.config import Config
 
 AGENT_TAG = "pg_node_agent"
@@ -71,10 +73,31 @@ async def fetch_node(url: str, auth: Auth = None) -> tuple[Body | None, str]:
         return await _get(client, f"{url.rstrip('/')}/status", auth)
 
 
-async def fetch_cluster(patroni_url: str, fallback: str, auth: Auth = None) -> Body:
-    """Patroni's /cluster, and each member's agent /status fetched concurrently."""
+async def members_from_etcd(cfg: Config) -> Body:
+    """Patroni's member keys in etcd, shaped like its GET /cluster."""
+    e = cfg.etcd
+    etcd = Etcd(e.endpoints, e.timeout, e.watch_deadline, e.ca_file, e.cert_file, e.key_file, e.username,
+                e.password_file)
+    keys = Keys(e.namespace, e.scope)
+    _rev, kvs = await etcd.range_prefix(keys.prefix)
+    leader = next((kv.value for kv in kvs if kv.key == keys.leader), None)
+    return {"scope": e.scope, "members": [
+        member_as_in_cluster_api(kv.key.removeprefix(keys.members), kv.value or "", leader)
+        for kv in kvs if kv.key.startswith(keys.members)]}
+
+
+async def fetch_cluster(patroni_url: str, fallback: str, auth: Auth = None, cfg: Config | None = None) -> Body:
+    """Patroni's /cluster (or, with `cfg`, its member keys in etcd when the local Patroni does not
+    answer), and each member's agent /status fetched concurrently."""
+    notes: list[str] = []
     async with httpx.AsyncClient() as client:
         topo, err = await _get(client, f"{patroni_url.rstrip('/')}/cluster")
+        if topo is None and cfg is not None:
+            notes.append(f"local Patroni unreachable at {patroni_url} ({err}): members read from etcd")
+            try:
+                topo = await members_from_etcd(cfg)
+            except EtcdUnavailable as e:
+                err = f"{err}; etcd: {e}"
         if topo is None:
             return {"patroni_url": patroni_url, "error": f"cannot read Patroni's member list: {err}", "members": []}
         members: list[Body] = [m for m in topo.get("members", []) if isinstance(m, dict)]
@@ -90,8 +113,8 @@ async def fetch_cluster(patroni_url: str, fallback: str, auth: Auth = None) -> B
                 tg.start_soon(ask, m)
     rows.sort(key=lambda r: str(r["member"].get("name")))
     view: Body = {"scope": topo.get("scope"), "patroni_url": patroni_url, "members": rows,
-                  "paused": bool(topo.get("pause", False))}
-    view["problems"] = problems(view)
+                  "paused": bool(topo.get("pause", False)), "source": "etcd" if notes else "patroni"}
+    view["problems"] = notes + problems(view)
     return view
 
 
@@ -243,7 +266,8 @@ def render_cluster(view: Body) -> str:
                       _repack(a), _archive(a)))
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     n = len(view["members"])
-    title = f"cluster {view.get('scope')}: {n} member{'' if n == 1 else 's'} (Patroni at {view['patroni_url']})"
+    source = f"Patroni at {view['patroni_url']}" if view.get("source") != "etcd" else "member keys in etcd"
+    title = f"cluster {view.get('scope')}: {n} member{'' if n == 1 else 's'} ({source})"
     if view.get("paused"):
         title += ", maintenance mode (paused)"
     out = [title] + ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
@@ -264,7 +288,7 @@ def main(cfg: Config, url: str | None, raw: bool, cluster: bool, auth_file: Path
         err(f"pg-node-agent: --auth-file: {e}")
         return 2
     if cluster:
-        view = anyio.run(fetch_cluster, cfg.patroni.url, url or own_url(cfg), auth)
+        view = anyio.run(fetch_cluster, cfg.patroni.url, url or own_url(cfg), auth, cfg)
         echo(json.dumps(view, indent=2, sort_keys=True) if raw else render_cluster(view))
         return 1 if view.get("error") or view.get("problems") else 0
     base = url or own_url(cfg)

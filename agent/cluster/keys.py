@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +65,19 @@ def parse_member_role(value: str) -> str:
         return "unknown"
     role = d.get("role", "unknown") if isinstance(d, dict) else "unknown"
     return "primary" if role == "master" else str(role)
+
+
+def member_as_in_cluster_api(name: str, value: str, leader: str | None) -> dict[str, Any]:
+    """A member key shaped like one entry of Patroni's GET /cluster (name, role, state, host,
+    api_url, timeline, tags): what `status --cluster` needs when the local Patroni is down."""
+    try:
+        d = json.loads(value)
+    except ValueError:
+        d = {}
+    if not isinstance(d, dict):
+        d = {}
+    role = "leader" if name == leader else ("replica" if d.get("role") in ("replica", None) else str(d["role"]))
+    out: dict[str, Any] = {"name": name, "role": role, "state": d.get("state"),
+                           "host": urlsplit(str(d.get("conn_url", ""))).hostname, "api_url": d.get("api_url"),
+                           "timeline": d.get("timeline"), "tags": d.get("tags") or {}}
+    return out

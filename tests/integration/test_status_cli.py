@@ -130,3 +130,21 @@ def test_cluster_view_with_basic_auth_reads_the_password_from_a_file(
         assert bad.returncode == 2 and "expected user:password" in bad.stderr
     finally:
         agents.stop()
+
+
+def test_cluster_view_reads_the_member_keys_in_etcd_when_the_local_patroni_is_down(
+        fresh_cluster: Cluster, fresh_agents: Agents) -> None:
+    leader = fresh_cluster.leader_name()
+    asker = next(a for a in fresh_agents if a.name != leader)
+    until_ok(asker.config_path, "--cluster")
+    asker.node.kill9_patroni()   # its member key stays in etcd until the TTL runs out (20 s)
+    rc, view = cluster_json(asker.config_path)
+    assert rc == 1 and view["source"] == "etcd"
+    assert view["problems"][0].startswith(f"local Patroni unreachable at {asker.node.rest_url}"), view
+    assert [r["member"]["name"] for r in view["members"]] == sorted(a.name for a in fresh_agents)
+    assert {r["agent_url"] for r in view["members"]} == {a.url for a in fresh_agents}   # tags from the keys
+    by_name = {r["member"]["name"]: r for r in view["members"]}
+    assert by_name[leader]["member"]["role"] == "leader"
+    assert by_name[leader]["agent"]["state"]["confirmed_primary"] is True
+    text = status(asker.config_path, "--cluster").stdout
+    assert "(member keys in etcd)" in text.splitlines()[0]
