@@ -77,7 +77,8 @@ def member_as_in_cluster_api(name: str, value: str, leader: str | None) -> dict[
     if not isinstance(d, dict):
         d = {}
     role = "leader" if name == leader else ("replica" if d.get("role") in ("replica", None) else str(d["role"]))
-    out: dict[str, Any] = {"name": name, "role": role, "state": d.get("state"),
+    # a streaming replica's key says state "running" plus replication_state; /cluster shows the latter
+    out: dict[str, Any] = {"name": name, "role": role, "state": d.get("replication_state") or d.get("state"),
                            "host": urlsplit(str(d.get("conn_url", ""))).hostname, "api_url": d.get("api_url"),
                            "timeline": d.get("timeline"), "tags": d.get("tags") or {}}
     return out

@@ -146,5 +146,6 @@ def test_cluster_view_reads_the_member_keys_in_etcd_when_the_local_patroni_is_do
     by_name = {r["member"]["name"]: r for r in view["members"]}
     assert by_name[leader]["member"]["role"] == "leader"
     assert by_name[leader]["agent"]["state"]["confirmed_primary"] is True
+    assert {r["member"]["state"] for n, r in by_name.items() if n != leader} == {"streaming"}  # as /cluster says
     text = status(asker.config_path, "--cluster").stdout
     assert "(member keys in etcd)" in text.splitlines()[0]

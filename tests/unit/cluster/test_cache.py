@@ -60,13 +60,14 @@ def test_keys_follow_patroni_layout() -> None:
 def test_member_key_is_shaped_like_an_entry_of_patronis_cluster_api() -> None:
     from agent.cluster.keys import member_as_in_cluster_api
 
-    # a member key as Patroni 4.1 writes it (captured from the lab)
-    value = ('{"conn_url":"postgres://10.0.0.12:5432/postgres","api_url":"http://10.0.0.12:8008/patroni",'
-             '"state":"streaming","role":"replica","version":"4.1.5","xlog_location":67108864,'
-             '"timeline":2,"tags":{"pg_node_agent":"http://10.0.0.12:9188"}}')
+    # a replica's member key as Patroni 4.1.5 wrote it in the lab
+    value = ('{"conn_url":"postgres://127.0.0.1:41913/postgres","api_url":"http://127.0.0.1:53405/patroni",'
+             '"state":"running","role":"replica","version":"4.1.5","tags":{"pg_node_agent":"http://127.0.0.1:53695"},'
+             '"xlog_location":67108864,"replay_lsn":67108864,"receive_lsn":67108864,'
+             '"replication_state":"streaming","timeline":1}')
     m = member_as_in_cluster_api("pg2", value, leader="pg1")
-    assert m == {"name": "pg2", "role": "replica", "state": "streaming", "host": "10.0.0.12",
-                 "api_url": "http://10.0.0.12:8008/patroni", "timeline": 2,
-                 "tags": {"pg_node_agent": "http://10.0.0.12:9188"}}
+    assert m == {"name": "pg2", "role": "replica", "state": "streaming", "host": "127.0.0.1",
+                 "api_url": "http://127.0.0.1:53405/patroni", "timeline": 1,
+                 "tags": {"pg_node_agent": "http://127.0.0.1:53695"}}
     assert member_as_in_cluster_api("pg1", value.replace('"replica"', '"primary"'), leader="pg1")["role"] == "leader"
     assert member_as_in_cluster_api("pg3", "not json", leader="pg1")["host"] is None
