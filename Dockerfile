@@ -12,14 +12,17 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 FROM python:3.11-slim-bookworm
 # Peer authentication over a shared socket maps the connecting uid through the *server's*
 # /etc/passwd: build with the uid of PostgreSQL's OS user there (999 in the postgres images).
+# The user comes first: pgbackrest pulls in postgresql-common, whose postinst would otherwise
+# create `postgres` with whatever system uid is free (and keeps an existing one).
 ARG PG_UID=999
 ARG PG_GID=999
+RUN groupadd --system --gid "$PG_GID" postgres \
+    && useradd --system --uid "$PG_UID" --gid "$PG_GID" --no-create-home \
+        --home-dir /var/lib/pg-node-agent --shell /usr/sbin/nologin postgres \
+    && install -d -o "$PG_UID" -g "$PG_GID" -m 0700 /var/lib/pg-node-agent
 RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client pgbackrest \
     && rm -rf /var/lib/apt/lists/* \
-    && (getent group "$PG_GID" || groupadd --system --gid "$PG_GID" postgres) \
-    && (getent passwd postgres || useradd --system --uid "$PG_UID" --gid "$PG_GID" --no-create-home \
-        --home-dir /var/lib/pg-node-agent --shell /usr/sbin/nologin postgres) \
-    && install -d -o "$PG_UID" -g "$PG_GID" -m 0700 /var/lib/pg-node-agent
+    && test "$(id -u postgres):$(id -g postgres)" = "$PG_UID:$PG_GID"
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER postgres

@@ -27,6 +27,11 @@ TIMEOUT = 3.0
 Body = dict[str, Any]
 
 
+def _d(x: Any) -> Body:
+    """A JSON object from another process, or {}: a malformed body must not crash the view."""
+    return x if isinstance(x, dict) else {}
+
+
 # ---------------------------------------------------------------- finding and asking
 
 
@@ -37,7 +42,7 @@ def own_url(cfg: Config) -> str:
 
 def agent_url(member: Body, fallback: str) -> str:
     """The member's agent: its tag, else its host with the port and scheme of `fallback`."""
-    tag = (member.get("tags") or {}).get(AGENT_TAG)
+    tag = _d(member.get("tags")).get(AGENT_TAG)
     if isinstance(tag, str) and tag:
         return tag if "://" in tag else f"http://{tag}"
     own = urlsplit(fallback)
@@ -63,7 +68,7 @@ async def _get(client: httpx.AsyncClient, url: str, auth: Auth = None) -> tuple[
         r = await client.get(url, timeout=TIMEOUT, auth=auth or httpx.USE_CLIENT_DEFAULT)
         r.raise_for_status()
         body = r.json()
-    except (httpx.HTTPError, ValueError) as e:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
         return None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
     return (body, "") if isinstance(body, dict) else (None, "not a JSON object")
 
@@ -100,7 +105,8 @@ async def fetch_cluster(patroni_url: str, fallback: str, auth: Auth = None, cfg:
                 err = f"{err}; etcd: {e}"
         if topo is None:
             return {"patroni_url": patroni_url, "error": f"cannot read Patroni's member list: {err}", "members": []}
-        members: list[Body] = [m for m in topo.get("members", []) if isinstance(m, dict)]
+        raw = topo.get("members")
+        members: list[Body] = [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
         rows: list[Body] = []
 
         async def ask(m: Body) -> None:
@@ -139,9 +145,9 @@ def problems(view: Body) -> list[str]:
         if a.get("node") != name:
             out.append(f"{name}: {r['agent_url']} is the agent of {a.get('node')!r}, not of this member")
             continue
-        s = a.get("state", {})
+        s = _d(a.get("state"))
         if s.get("confirmed_primary"):
-            confirmed.append(name)
+            confirmed.append(str(name))
         if patroni_leader and s.get("leader") != patroni_leader:
             out.append(f"{name}: its agent sees leader {s.get('leader')!r}, Patroni says {patroni_leader!r}")
         if s.get("disagreement"):
@@ -149,7 +155,7 @@ def problems(view: Body) -> list[str]:
         for flag, what in (("dcs_up", "etcd"), ("patroni_up", "Patroni"), ("postgres_up", "PostgreSQL")):
             if not s.get(flag):
                 out.append(f"{name}: {what} unreachable from the agent")
-        down = sorted(c for c, h in a.get("components", {}).items() if not h.get("up"))
+        down = sorted(str(c) for c, h in _d(a.get("components")).items() if not _d(h).get("up"))
         if down:
             out.append(f"{name}: components down: {', '.join(down)}")
         smp = a.get("sampler")
@@ -157,7 +163,8 @@ def problems(view: Body) -> list[str]:
             out.append(f"{name}: sampler not reading: {smp['unavailable']}")
         arch = a.get("archive")
         if isinstance(arch, dict) and arch.get("healthy") is False:
-            out.append(f"{name}: archive unhealthy: {'; '.join(arch.get('reasons') or []) or arch.get('error')}")
+            why = "; ".join(map(str, arch.get("reasons") or [])) or arch.get("error")
+            out.append(f"{name}: archive unhealthy: {why}")
     standby_cluster = any(r["member"].get("role") == "standby_leader" for r in rows)
     if not standby_cluster and len(confirmed) != 1 and any(r["agent"] for r in rows):
         out.append(f"{len(confirmed)} confirmed primaries ({', '.join(confirmed) or 'none'}), expected exactly 1")
@@ -172,11 +179,11 @@ def _updown(v: Any) -> str:
 
 
 def _watchdog(a: Body) -> str:
-    w = a.get("watchdog") or {}
+    w = _d(a.get("watchdog"))
     if not w:
         return "-"
     if w.get("withholding"):
-        return "WITHHELD (" + ",".join(w["withholding"]) + ")"
+        return "WITHHELD (" + ",".join(map(str, w["withholding"])) + ")"
     if not w.get("enabled"):
         return "off"
     return f"fed {w.get('last_feed_age_seconds')}s"
@@ -213,7 +220,7 @@ def _archive(a: Body) -> str:
 
 
 def render_node(a: Body) -> str:
-    s = a.get("state", {})
+    s = _d(a.get("state"))
     lines = [
         f"node {a.get('node')} (scope {a.get('scope')}), agent {a.get('version')}, up {a.get('uptime_seconds')} s",
         f"  role {s.get('role')}  leader {s.get('leader')}  view {s.get('leader_view')}  "
@@ -230,16 +237,17 @@ def render_node(a: Body) -> str:
                  + ((f" ({smp['unavailable']})" if smp.get("unavailable") else
                      f", watermark {smp.get('watermark')}, missed buckets {smp.get('buckets_missed')}")
                     if isinstance(smp, dict) else ""))
-    rp = a.get("repack")
+    rp = _d(a.get("repack"))
+    waiting = ", ".join(map(str, rp.get("waiting_for") or [])) or "-"
     lines.append(f"  repack    {_repack(a)}"
-                 + (f", leftovers {rp.get('leftovers')}, waiting for {', '.join(rp.get('waiting_for') or []) or '-'}"
-                    if isinstance(rp, dict) else ""))
+                 + (f", leftovers {rp.get('leftovers')}, waiting for {waiting}" if rp else ""))
     ar = a.get("archive")
     lines.append(f"  archive   {_archive(a)}"
                  + (f", last archived {ar.get('last_archived_wal') or '-'}, failed {ar.get('failed_count')}"
-                    + (f" ({'; '.join(ar.get('reasons') or [])})" if ar.get("reasons") else "")
+                    + (f" ({'; '.join(map(str, ar.get('reasons') or []))})" if ar.get("reasons") else "")
                     if isinstance(ar, dict) else ""))
-    for name, c in sorted(a.get("components", {}).items()):
+    for name, c in sorted(_d(a.get("components")).items()):
+        c = _d(c)
         lines.append(f"  {name:<14} {_updown(c.get('up')):<5} restarts {c.get('restarts')}  "
                      f"heartbeat {c.get('heartbeat_age_seconds')} s  {c.get('last_error') or ''}".rstrip())
     return "\n".join(lines)
@@ -259,7 +267,7 @@ def render_cluster(view: Body) -> str:
             table.append((str(m.get("name")), patroni[0] + " " + str(m.get("state", "")), *patroni[1:], "DOWN",
                           *("?",) * 9))
             continue
-        s = a.get("state", {})
+        s = _d(a.get("state"))
         table.append((str(m.get("name")), patroni[0] + " " + str(m.get("state", "")), *patroni[1:], "up",
                       str(s.get("role")), str(s.get("leader")), "yes" if s.get("confirmed_primary") else "no",
                       _updown(s.get("dcs_up")), _updown(s.get("postgres_up")), _watchdog(a), _sampler(a),

@@ -135,9 +135,11 @@ class Sampler:
                     self.unavailable = str(e)
                     delay = ctx.config.sampler.interval
                 except (psycopg.Error, OSError) as e:
+                    lost = isinstance(e, psycopg.OperationalError | OSError)
+                    self.unavailable = ("PostgreSQL unreachable" if lost
+                                        else f"{type(e).__name__}: {e}".strip()[:200])
                     if not down:
                         log.warning("sampler_postgres_lost", error=f"{type(e).__name__}: {e}".strip()[:300])
-                        self.unavailable = "PostgreSQL unreachable"
                         self.health.postgres_outages += 1
                         down = True
                     await _close(conn)
@@ -151,19 +153,22 @@ class Sampler:
         finally:
             await _close(conn)
 
-
     async def _pause(self, ctx: Context, delay: float, down: bool) -> None:
-        """Wake at least every interval (heartbeat, SIGHUP'd config, identity checks). While
-        PostgreSQL is lost, retry on the backoff, or as soon as pg_role sees it up again (after a
-        switchover PostgreSQL is back long before a 30 s backoff ends), but not within 1 s."""
+        """Wake at least every interval (heartbeat, SIGHUP'd config, identity checks). After a
+        failed read, retry on the backoff, or sooner once pg_role has seen PostgreSQL go down and
+        come back (after a switchover it is back long before a 30 s backoff ends), but not within
+        1 s. A read that fails on a PostgreSQL pg_role sees up all along keeps the backoff."""
         delay = min(delay, ctx.config.sampler.interval)
         if not down:
             await anyio.sleep(delay)
             return
+        start = anyio.current_time()
         with anyio.move_on_after(delay):
-            await anyio.sleep(min(1.0, delay))
-            while not ctx.state.current.postgres_up:
-                await ctx.state.changed()
+            seen_down = not ctx.state.current.postgres_up
+            while not (seen_down and ctx.state.current.postgres_up):
+                changed = await ctx.state.changed()   # awaited every turn: never a busy loop
+                seen_down = seen_down or not changed.postgres_up
+            await anyio.sleep(max(0.0, start + 1.0 - anyio.current_time()))
 
 
 async def _close(conn: Conn | None) -> None:

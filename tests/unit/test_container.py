@@ -65,6 +65,8 @@ def test_dockerfile_runs_the_wheel_as_postgres_with_a_healthcheck() -> None:
     for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for p in src.split():
             assert (ROOT / p).exists(), p
+    # postgresql-common (pulled in by pgbackrest) creates `postgres` with a dynamic uid unless it exists
+    assert text.index("useradd --system --uid \"$PG_UID\"") < text.index("apt-get install")
     entry = re.search(r'^ENTRYPOINT \["([^"]+)"', text, re.M)
     assert entry and f"{entry.group(1)} = " in (ROOT / "pyproject.toml").read_text()
 

@@ -123,3 +123,26 @@ def test_a_sampler_without_source_is_a_problem_and_shows_why() -> None:
     assert v["problems"] == ["pg2: sampler not reading: source 'auto' not installed"]
     assert "NOT READING" in render_cluster(v).splitlines()[3]
     assert "  sampler   NOT READING (source 'auto' not installed)" in render_node(rows[1][1])
+
+
+def test_malformed_bodies_from_other_processes_do_not_crash_the_view() -> None:
+    odd: dict[str, Any] = {"node": "pg2", "state": None, "components": {"x": None}, "watchdog": [],
+                           "sampler": "?", "repack": {"running": "yes", "waiting_for": [1]},
+                           "archive": {"healthy": False, "reasons": [3]}}
+    rows: list[tuple[dict[str, Any], dict[str, Any] | None]] = [
+        (member("pg1", "leader", tags=["not", "a", "dict"]), agent("pg1")), (member("pg2"), odd)]
+    v = view(rows)
+    assert "pg2: components down: x" in v["problems"] and "pg2: archive unhealthy: 3" in v["problems"]
+    assert render_cluster(v).splitlines()[3].startswith("pg2")
+    assert render_node(odd).startswith("node pg2")
+    assert agent_url({"host": "10.0.0.1", "tags": "nope"}, "http://x:9188") == "http://10.0.0.1:9188"
+
+
+async def test_an_unusable_agent_url_is_a_problem_not_a_traceback() -> None:
+    import httpx
+
+    from agent.status import _get
+
+    async with httpx.AsyncClient() as client:
+        body, err = await _get(client, "http://10.0.0.1:abc/status")
+    assert body is None and err.startswith("InvalidURL")
