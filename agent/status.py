@@ -18,7 +18,7 @@ import anyio
 import httpx
 
 from agent.cluster.etcd import Etcd, EtcdUnavailable
-from agent.cluster.keys import Keys, member_as_in_cluster_api
+from agent.cluster.keys import Keys, member_as_in_cluster_api, parse_pause
 from agent.core.config import Config
 
 AGENT_TAG = "pg_node_agent"
@@ -86,7 +86,8 @@ async def members_from_etcd(cfg: Config) -> Body:
     keys = Keys(e.namespace, e.scope)
     _rev, kvs = await etcd.range_prefix(keys.prefix)
     leader = next((kv.value for kv in kvs if kv.key == keys.leader), None)
-    return {"scope": e.scope, "members": [
+    config = next((kv.value for kv in kvs if kv.key == keys.prefix + "config"), None)
+    return {"scope": e.scope, "pause": parse_pause(config or ""), "members": [
         member_as_in_cluster_api(kv.key.removeprefix(keys.members), kv.value or "", leader)
         for kv in kvs if kv.key.startswith(keys.members)]}
 

@@ -76,9 +76,21 @@ def member_as_in_cluster_api(name: str, value: str, leader: str | None) -> dict[
         d = {}
     if not isinstance(d, dict):
         d = {}
-    role = "leader" if name == leader else ("replica" if d.get("role") in ("replica", None) else str(d["role"]))
+    if name == leader:
+        role = "standby_leader" if d.get("role") in ("standby_leader", "standby-leader") else "leader"
+    else:
+        role = "replica" if d.get("role") in ("replica", None) else str(d["role"])
     # a streaming replica's key says state "running" plus replication_state; /cluster shows the latter
     out: dict[str, Any] = {"name": name, "role": role, "state": d.get("replication_state") or d.get("state"),
                            "host": urlsplit(str(d.get("conn_url", ""))).hostname, "api_url": d.get("api_url"),
                            "timeline": d.get("timeline"), "tags": d.get("tags") or {}}
     return out
+
+
+def parse_pause(config_value: str) -> bool:
+    """Maintenance mode, from the cluster's `config` key (`{"pause": true, ...}`)."""
+    try:
+        d = json.loads(config_value)
+    except ValueError:
+        return False
+    return bool(d.get("pause")) if isinstance(d, dict) else False

@@ -596,7 +596,7 @@ class Container:
         self.write_file("/etc/resolv.conf", Path("/etc/resolv.conf").read_text())
         for f in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.sources"),
                   *Path("/etc/apt/sources.list.d").glob("*.list")]:
-            if f.is_file():
+            if f.is_file() and SUITE in f.read_text():  # the rootfs is bookworm: only bookworm's entries
                 self.write_file(str(f), f.read_text())
         for f in Path("/etc/apt/apt.conf.d").glob("*"):
             if f.is_file() and "Acquire::" in f.read_text(errors="replace"):

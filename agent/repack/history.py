@@ -34,13 +34,16 @@ class History:
     def load(cls, path: Path) -> History:
         try:
             data = json.loads(path.read_text())
-            tables = data.get("tables", {}) if isinstance(data, dict) else {}
-            rates = [float(r) for r in data.get("rates", [])] if isinstance(data, dict) else []
         except FileNotFoundError:
-            tables, rates = {}, []
-        except (OSError, ValueError, TypeError) as e:  # a corrupt file must not stop repacking forever
+            data = {}
+        except (OSError, ValueError) as e:  # a corrupt file must not stop repacking forever
             log.warning("repack_history_unreadable", path=str(path), error=str(e))
-            tables, rates = {}, []
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        raw_tables = data.get("tables")
+        tables: dict[str, dict[str, Any]] = raw_tables if isinstance(raw_tables, dict) else {}
+        raw = data.get("rates")
+        rates = [float(r) for r in raw if isinstance(r, int | float) and r > 0] if isinstance(raw, list) else []
         return cls(path, tables, rates)
 
     def throughput(self) -> float | None:

@@ -1,9 +1,9 @@
 """pg_stat_statements: cumulative counters per entry into increments, with reset detection.
 
 Pure: the caller streams the view's rows into `Entries` and reads `pg_stat_statements_info`;
-this decides what is new. An entry is keyed by (dbid, userid, queryid, toplevel), the view's own
-identity. The previous read is kept as it was read (`Entries`: one array of doubles for all
-values), so the state between reads costs ~0.35 KB an entry, not a list of boxed floats each.
+this decides what is new. An entry is keyed by the view's own identity, as (userid, dbid,
+queryid, toplevel). The previous read is kept as it was read (`Entries`: one array of doubles
+for all values), so the state between reads costs ~0.35 KB an entry, not boxed floats.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from agent.sampler.totals import CALLS, NFIELDS, Batch
+
+log = structlog.get_logger("sampler")
 
 Key = tuple[int, int, int, bool]
 
@@ -126,11 +130,13 @@ class PgssDeltas:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PgssDeltas:
-        prev = None
+        prev: Entries | None = None
         if d.get("prev") is not None:
             prev = Entries()
             for k, v in d["prev"]:  # labels are not kept: only the current read's labels are exported
-                if len(v) != NFIELDS:
-                    raise ValueError(f"pgss state has {len(v)} values an entry, expected {NFIELDS}")
+                if len(v) != NFIELDS:  # another version's fields: re-prime, keep the counters
+                    log.warning("sampler_pgss_state_reprimed", values=len(v), expected=NFIELDS)
+                    prev = None
+                    break
                 prev.put((int(k[0]), int(k[1]), int(k[2]), bool(k[3])), (), v)
         return cls(prev=prev, stats_reset=d.get("stats_reset"), dealloc=d.get("dealloc"))

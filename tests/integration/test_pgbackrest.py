@@ -2,7 +2,8 @@
 `archive-push` is the archive_command, the stanza is created, a full backup is taken, and the
 agent's `archive check` reads `pgbackrest info` and runs `pgbackrest check` as it would on a node.
 
-pgBackRest must run as the OS user of PostgreSQL (on a node, the agent's own `User=postgres`):
+The tests run in file order on one repository: before a backup, after a full backup, then with
+a broken archive_command. pgBackRest must run as the OS user of PostgreSQL (on a node, the agent's own `User=postgres`):
 here that is the lab user, through a two-line wrapper named in `[archive] pgbackrest_binary`.
 """
 

@@ -71,3 +71,12 @@ def test_member_key_is_shaped_like_an_entry_of_patronis_cluster_api() -> None:
                  "tags": {"pg_node_agent": "http://127.0.0.1:53695"}}
     assert member_as_in_cluster_api("pg1", value.replace('"replica"', '"primary"'), leader="pg1")["role"] == "leader"
     assert member_as_in_cluster_api("pg3", "not json", leader="pg1")["host"] is None
+
+
+def test_standby_leader_and_maintenance_mode_read_from_the_keys() -> None:
+    from agent.cluster.keys import member_as_in_cluster_api, parse_pause
+
+    standby = '{"conn_url":"postgres://10.0.0.11:5432/postgres","role":"standby_leader","state":"running"}'
+    assert member_as_in_cluster_api("pg1", standby, leader="pg1")["role"] == "standby_leader"
+    assert parse_pause('{"ttl": 30, "pause": true}') is True
+    assert parse_pause('{"ttl": 30}') is False and parse_pause("") is False

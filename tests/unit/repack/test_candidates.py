@@ -133,6 +133,16 @@ def test_throughput_is_the_median_of_recent_big_enough_runs(tmp_path: Path) -> N
     h.record("db/public.e", "aborted", 5.0, total_bytes=100 * MiB, duration=1.0)     # not a success
     back = History.load(tmp_path / "repack.json")
     assert back.throughput() == 6 * MiB
-    for i in range(20):
-        back.record(f"db/public.t{i}", "success", 10.0 + i, total_bytes=10 * MiB, duration=1.0)
-    assert History.load(tmp_path / "repack.json").throughput() == 10 * MiB   # only the last 10 count
+    for i in range(10):
+        back.record(f"db/public.s{i}", "success", 10.0 + i, total_bytes=1 * MiB, duration=1.0)    # 1 MiB/s
+    for i in range(6):
+        back.record(f"db/public.f{i}", "success", 30.0 + i, total_bytes=10 * MiB, duration=1.0)   # 10 MiB/s
+    # only the last 10 runs count: 4 slow, 6 fast -> 10 MiB/s (all 19 would give 1 MiB/s)
+    assert History.load(tmp_path / "repack.json").throughput() == 10 * MiB
+
+
+def test_a_damaged_rates_list_keeps_the_tables_history(tmp_path: Path) -> None:
+    path = tmp_path / "repack.json"
+    path.write_text('{"tables": {"db/public.a": {"last_success": 5.0}}, "rates": null}')
+    h = History.load(path)
+    assert h.last_success("db/public.a") == 5.0 and h.throughput() is None

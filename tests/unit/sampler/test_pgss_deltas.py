@@ -75,6 +75,7 @@ def test_deltas_state_round_trips() -> None:
     assert calls(back.apply(read((K1, 55)), "t0", 2)) == {"111": 5}
 
 
-def test_state_of_another_field_count_is_refused() -> None:
-    with pytest.raises(ValueError, match="values an entry"):
-        PgssDeltas.from_json({"prev": [[list(K1), [1.0, 2.0]]]})
+def test_state_of_another_field_count_reprimes_without_losing_the_rest() -> None:
+    back = PgssDeltas.from_json({"prev": [[list(K1), [1.0, 2.0]]], "stats_reset": "t0", "dealloc": 3})
+    assert back.prev is None and back.stats_reset == "t0"
+    assert back.apply(read((K1, 5)), "t0", 3).primed   # the next read primes: nothing double counted
