@@ -149,3 +149,24 @@ def test_cluster_view_reads_the_member_keys_in_etcd_when_the_local_patroni_is_do
     assert {r["member"]["state"] for n, r in by_name.items() if n != leader} == {"streaming"}  # as /cluster says
     text = status(asker.config_path, "--cluster").stdout
     assert "(member keys in etcd)" in text.splitlines()[0]
+
+
+def test_every_status_key_is_documented(cluster: Cluster, run_dir: Path, etcd: Etcd) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs/architecture.md").read_text()
+    doc = doc[doc.index("## `/status` (JSON)"):]
+    agents = Agents(run_dir, cluster, [etcd.url], extra_toml=(
+        '[repack]\nenabled = true\n[[repack.windows]]\ncron = "0 3 * * *"\nduration = "1h"\n'
+        'databases = ["postgres"]\n'))
+    try:
+        agents.start()
+        body = wait_until(lambda: (lambda s: s if s and s.get("sampler", {}).get("reads") else None)(
+            agents.agents[0].status()), DEADLINE, "the sampler has read once")
+        assert isinstance(body, dict)
+        keys = set(body)
+        for section in ("state", "cluster_watch", "watchdog", "sampler", "repack", "archive"):
+            keys |= set(body[section])
+        keys |= {k for c in body["components"].values() for k in c}
+        missing = sorted(k for k in keys if f"`{k}`" not in doc)
+        assert not missing, f"/status keys not in docs/architecture.md: {missing}"
+    finally:
+        agents.stop()
