@@ -138,9 +138,10 @@ class Sampler:
                     lost = isinstance(e, psycopg.OperationalError | OSError)
                     self.unavailable = ("PostgreSQL unreachable" if lost
                                         else f"{type(e).__name__}: {e}".strip()[:200])
-                    if not down:
-                        log.warning("sampler_postgres_lost", error=f"{type(e).__name__}: {e}".strip()[:300])
-                        self.health.postgres_outages += 1
+                    if not down:  # once per failure streak, not per retry
+                        log.warning("sampler_postgres_lost" if lost else "sampler_read_failed",
+                                    error=f"{type(e).__name__}: {e}".strip()[:300])
+                        self.health.postgres_outages += int(lost)
                         down = True
                     await _close(conn)
                     conn = None
