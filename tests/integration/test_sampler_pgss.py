@@ -126,3 +126,41 @@ async def test_run_loop_survives_a_missing_database_and_reports_started(
                 await anyio.sleep(0.05)
         tg.cancel_scope.cancel()
     assert sampler.health.postgres_outages == 1  # logged and counted once, not per retry
+
+
+async def test_a_read_refused_by_postgresql_is_not_an_outage_and_shows_why(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path
+) -> None:
+    """A role without the right to read pg_stat_statements_info: PostgreSQL answers, the read fails."""
+    pw = tmp_path / "pw"
+    pw.write_text("s4mpler\n")
+    pw.chmod(0o600)
+    with pg15.connect("pgss_t") as c:
+        c.execute("DROP ROLE IF EXISTS sampler_ro")
+        c.execute("CREATE ROLE sampler_ro LOGIN PASSWORD 's4mpler'")
+        c.execute("REVOKE SELECT ON pg_stat_statements_info FROM PUBLIC")
+    try:
+        ctx = make_ctx(pg15, tmp_path)
+        ctx.config = config_mod.parse({
+            "node": {"name": "n1", "state_dir": str(tmp_path)}, "etcd": {"scope": "s"},
+            "postgres": {"host": "127.0.0.1", "port": pg15.port, "user": "sampler_ro", "dbname": "pgss_t",
+                         "password_file": str(pw)},
+            "sampler": {"source": "pg_stat_statements", "interval": "200ms"}})
+        (comp,) = components(ctx)
+        sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
+        ctx.liveness.register("sampler")
+        async with anyio.create_task_group() as tg:
+            with anyio.fail_after(10):
+                await tg.start(comp.run, ctx)
+            with anyio.fail_after(10):
+                while not sampler.unavailable:
+                    await anyio.sleep(0.05)
+            tg.cancel_scope.cancel()
+        assert sampler.unavailable.startswith("InsufficientPrivilege"), sampler.unavailable
+        assert "pg_stat_statements_info" in sampler.unavailable
+        assert sampler.health.postgres_outages == 0
+        assert ctx.status_sections["sampler"]()["unavailable"] == sampler.unavailable
+    finally:
+        with pg15.connect("pgss_t") as c:
+            c.execute("GRANT SELECT ON pg_stat_statements_info TO PUBLIC")
+            c.execute("DROP ROLE IF EXISTS sampler_ro")
