@@ -66,6 +66,9 @@ def read_auth(path: Path) -> tuple[str, str]:
 async def _get(client: httpx.AsyncClient, url: str, auth: Auth = None) -> tuple[Body | None, str]:
     try:
         r = await client.get(url, timeout=TIMEOUT, auth=auth or httpx.USE_CLIENT_DEFAULT)
+        if r.status_code == 401:
+            return None, "401 Unauthorized: " + ("wrong user or password in --auth-file" if auth
+                                                 else "basic auth is on, give --auth-file")
         r.raise_for_status()
         body = r.json()
     except (httpx.HTTPError, httpx.InvalidURL, ValueError) as e:

@@ -121,7 +121,9 @@ def test_cluster_view_with_basic_auth_reads_the_password_from_a_file(
         agents.start()
         asker = agents.agents[0]
         r = status(asker.config_path, "--cluster", "--json")
-        assert r.returncode == 1 and all("401" in p for p in json.loads(r.stdout)["problems"]), r.stdout
+        assert r.returncode == 1, r.stdout
+        assert all("401 Unauthorized: basic auth is on, give --auth-file" in p
+                   for p in json.loads(r.stdout)["problems"]), r.stdout
         ok = until_ok(asker.config_path, "--cluster", "--auth-file", str(auth))
         assert "ok:" in ok.stdout
         assert "s3cret" not in ok.stdout + ok.stderr
