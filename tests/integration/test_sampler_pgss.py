@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -54,6 +55,21 @@ def workload(pg: PgInstance, inserts: int, selects: int) -> tuple[str, str]:
         ).fetchall()
     ids = {("insert" if q.startswith("INSERT") else "select"): qid for qid, q in rows}
     return ids["insert"], ids["select"]
+
+
+async def run_sampler_until(ctx: Context, done: Callable[[Sampler], bool]) -> Sampler:
+    """The sampler's real run loop, in a task group of the test, until `done(sampler)` (10 s at most)."""
+    (comp,) = components(ctx)
+    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
+    ctx.liveness.register("sampler")
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(10):
+            await tg.start(comp.run, ctx)
+        with anyio.fail_after(10):
+            while not done(sampler):
+                await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    return sampler
 
 
 def calls(ctx: Context, qid: str) -> float:
@@ -115,16 +131,7 @@ async def test_run_loop_survives_a_missing_database_and_reports_started(
             "sampler": {"interval": "200ms"},
         }
     )
-    (comp,) = components(ctx)
-    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
-    ctx.liveness.register("sampler")
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(10):
-            await tg.start(comp.run, ctx)
-        with anyio.fail_after(10):
-            while sampler.health.postgres_outages < 1:
-                await anyio.sleep(0.05)
-        tg.cancel_scope.cancel()
+    sampler = await run_sampler_until(ctx, lambda s: s.health.postgres_outages >= 1)
     assert sampler.health.postgres_outages == 1  # logged and counted once, not per retry
 
 
@@ -146,16 +153,8 @@ async def test_a_read_refused_by_postgresql_is_not_an_outage_and_shows_why(
             "postgres": {"host": "127.0.0.1", "port": pg15.port, "user": "sampler_ro", "dbname": "pgss_t",
                          "password_file": str(pw)},
             "sampler": {"source": "pg_stat_statements", "interval": "200ms"}})
-        (comp,) = components(ctx)
-        sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
-        ctx.liveness.register("sampler")
-        async with anyio.create_task_group() as tg:
-            with anyio.fail_after(10):
-                await tg.start(comp.run, ctx)
-            with anyio.fail_after(10):
-                while not sampler.unavailable:
-                    await anyio.sleep(0.05)
-            tg.cancel_scope.cancel()
+        sampler = await run_sampler_until(ctx, lambda s: bool(s.unavailable))
+        assert sampler.unavailable is not None
         assert sampler.unavailable.startswith("InsufficientPrivilege"), sampler.unavailable
         assert "pg_stat_statements_info" in sampler.unavailable
         assert sampler.health.postgres_outages == 0
