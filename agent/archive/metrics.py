@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.archive.pgbackrest import REASONS
+from agent.core.metrics import gauge_if_known as _g
 
 if TYPE_CHECKING:
     from agent.archive.runner import ArchiveView
@@ -79,13 +80,6 @@ class ArchiveCollector(Collector):
                 ok.add_metric([c], v.last_success[c])
         yield run
         yield ok
-
-
-def _g(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
-    g = GaugeMetricFamily(name, doc)
-    if value is not None:
-        g.add_metric([], float(value))
-    return g
 
 
 class ArchiveMetrics:

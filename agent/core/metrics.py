@@ -55,17 +55,22 @@ class StateCollector(Collector):
                                       "Leader key changes observed by this agent (one per change).")
         changes.add_metric([], float(s.leader_changes))
         yield changes
-        ts = GaugeMetricFamily("pgnode_leader_change_observed_timestamp_seconds",
-                               "Wall-clock time this agent observed the last leader change.")
-        if s.leader_changed_at is not None:
-            ts.add_metric([], s.leader_changed_at)
-        yield ts
+        yield gauge_if_known("pgnode_leader_change_observed_timestamp_seconds",
+                             "Wall-clock time this agent observed the last leader change.", s.leader_changed_at)
         if s.timeline is not None:
             yield GaugeMetricFamily("pgnode_timeline", "PostgreSQL timeline reported by Patroni.", value=s.timeline)
         up = GaugeMetricFamily("pgnode_up", "1 while the agent component runs.", labels=["component"])
         for name, ok in sorted(self._up().items()):
             up.add_metric([name], 1.0 if ok else 0.0)
         yield up
+
+
+def gauge_if_known(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+    """The family always (so it is described), its one sample only once the value is known."""
+    g = GaugeMetricFamily(name, doc)
+    if value is not None:
+        g.add_metric([], float(value))
+    return g
 
 
 def _gauge(name: str, doc: str, v: bool) -> GaugeMetricFamily:

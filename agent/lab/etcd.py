@@ -35,7 +35,9 @@ class Etcd:
         self.log_path = run_dir / f"{name}.log"
         client = self.url
         peer = f"http://127.0.0.1:{self.peer_port}"
-        initial = ",".join(f"{n}={u}" for n, u in (peers or {name: peer}).items())
+        members = peers or {name: peer}
+        initial = ",".join(f"{n}={u}" for n, u in members.items())
+        token = f"lab-{sorted(members.values())[0].rsplit(':', 1)[1]}"  # one per cluster, not per member
         argv = [
             shutil.which("etcd") or ETCD_BIN,
             "--name", name,
@@ -45,7 +47,7 @@ class Etcd:
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
             "--initial-cluster", initial,
-            "--initial-cluster-token", f"lab-{min(int(u.rsplit(':', 1)[1]) for u in (peers or {name: peer}).values())}",
+            "--initial-cluster-token", token,
             "--experimental-watch-progress-notify-interval=1s",
             "--log-level", "warn",
         ]  # fmt: skip

@@ -37,7 +37,6 @@ class Sampler:
         self.health.last_ingested_bucket = (float(self.state.watermark)
                                             if self.state.watermark is not None else None)
         self.source: PgStatMonitor | PgStatStatements | None = None
-        self._unavailable_logged = False
         self.unavailable: str | None = None  # why no source can be read now (for /status)
         self.version = 0  # bumped whenever the totals may have changed: re-render the query series
 
@@ -123,14 +122,12 @@ class Sampler:
                     if down:
                         log.info("sampler_postgres_recovered", source=self.health.source)
                         down = False
-                    self._unavailable_logged = False
                     self.unavailable = None
                     backoff = 1.0
                 except SourceUnavailable as e:
-                    if not self._unavailable_logged:
+                    if self.unavailable != str(e):  # logged once per reason, not per retry
                         log.warning("sampler_source_unavailable", reason=str(e),
                                     retry_in_seconds=ctx.config.sampler.interval)
-                        self._unavailable_logged = True
                     self.health.source = None
                     self.unavailable = str(e)
                     delay = ctx.config.sampler.interval

@@ -18,6 +18,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from agent.core.metrics import gauge_if_known
 from agent.sampler.totals import FIELDS, Totals
 
 SOURCES = ("pg_stat_monitor", "pg_stat_statements")
@@ -92,16 +93,11 @@ class SamplerHealthCollector(Collector):
         for s in SOURCES:
             src.add_metric([s], 1.0 if h.source == s else 0.0)
         yield src
-        ts = GaugeMetricFamily("pgnode_sampler_last_ingested_bucket_timestamp_seconds",
-                               "bucket_start_time of the newest pg_stat_monitor bucket consumed.")
-        if h.last_ingested_bucket is not None:
-            ts.add_metric([], h.last_ingested_bucket)
-        yield ts
-        dur = GaugeMetricFamily("pgnode_sampler_duration_seconds",
-                                "Wall time of the last read of the source.")
-        if h.last_duration is not None:
-            dur.add_metric([], h.last_duration)
-        yield dur
+        yield gauge_if_known("pgnode_sampler_last_ingested_bucket_timestamp_seconds",
+                             "bucket_start_time of the newest pg_stat_monitor bucket consumed.",
+                             h.last_ingested_bucket)
+        yield gauge_if_known("pgnode_sampler_duration_seconds", "Wall time of the last read of the source.",
+                             h.last_duration)
         yield CounterMetricFamily("pgnode_sampler_rows_read", "Rows read from the source (one per row).",
                                   value=h.rows_read)
         yield CounterMetricFamily("pgnode_sampler_reads", "Reads of the source (one per scan).",

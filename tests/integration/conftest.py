@@ -137,9 +137,7 @@ def pg15(session_dir: Path) -> Iterator[PgInstance]:
         pg.stop()
 
 
-@pytest.fixture
-def agents(run_dir: Path, cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
-    """One agent per node of the session cluster, as root over the nodes' sockets."""
+def _agents_of(run_dir: Path, cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
     a = Agents(run_dir, cluster, [etcd.url])
     try:
         a.start()
@@ -149,11 +147,12 @@ def agents(run_dir: Path, cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
 
 
 @pytest.fixture
+def agents(run_dir: Path, cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
+    """One agent per node of the session cluster, as root over the nodes' sockets."""
+    yield from _agents_of(run_dir, cluster, etcd)
+
+
+@pytest.fixture
 def fresh_agents(run_dir: Path, fresh_cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
     """One agent per node of a cluster the test may break."""
-    a = Agents(run_dir, fresh_cluster, [etcd.url])
-    try:
-        a.start()
-        yield a
-    finally:
-        a.stop()
+    yield from _agents_of(run_dir, fresh_cluster, etcd)

@@ -96,7 +96,7 @@ def test_node_view_shows_role_leader_and_every_job(cluster: Cluster, agents: Age
     for job in ("watchdog  off", "sampler ", "repack    off", "archive   "):
         assert f"  {job}" in out, out
     raw = json.loads(status(a.config_path, "--json").stdout)
-    assert raw["watchdog"]["enabled"] is False and raw["watchdog"]["feeds"] == 0
+    assert raw["watchdog"]["enabled"] is False and raw["watchdog"]["last_feed_age_seconds"] is None  # never fed
 
 
 def test_status_of_an_agent_that_is_not_running(tmp_path: Path) -> None:

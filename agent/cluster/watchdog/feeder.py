@@ -42,13 +42,12 @@ class Feeder:
         self.period = watchdog_period() if self.notifier.enabled else None
         self.device_name: str | None = None
         self.enabled = False
-        self.feeds = 0
         self.last_feed: float | None = None
         self.withholding: list[str] = []
 
     def status(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "systemd_period_seconds": self.period, "device": self.device_name,
-                "feeds": self.feeds, "withholding": list(self.withholding),
+                "withholding": list(self.withholding),
                 "last_feed_age_seconds": round(time.time() - self.last_feed, 1) if self.last_feed else None}
 
     def _device(self) -> Device:
@@ -68,7 +67,6 @@ class Feeder:
         log.info("watchdog_started", systemd_period_seconds=self.period, device=device.describe,
                  device_timeout_seconds=dev_timeout, interval_seconds=interval)
         task_status.started()
-        withholding: list[str] = []
         # an event loop this late on a 1 s tick is blocked by something: don't vouch for it
         max_lag = max(0.5, (min(periods) / 2) if periods else 2.0)
         expected = anyio.current_time()
@@ -81,22 +79,21 @@ class Feeder:
                 if lag > max_lag:
                     stale.append("event_loop")
                 if stale:
-                    if stale != withholding:
+                    if stale != self.withholding:
                         log.error("watchdog_feed_withheld", stale_components=stale,
                                   ages_seconds={n: round(a, 1) for n, a in ctx.liveness.ages().items() if n in stale})
                     self.m.withheld.inc()
                 else:
-                    if withholding:
+                    if self.withholding:
                         log.info("watchdog_feed_resumed")
                     if periods:
                         if self.period:
                             self.notifier.send("WATCHDOG=1")
                         device.keepalive()
                         self.m.feeds.inc()
-                        self.feeds += 1
                         self.last_feed = time.time()
                         self.m.last_feed.set(self.last_feed)
-                withholding = self.withholding = stale
+                self.withholding = stale
                 expected = anyio.current_time() + interval
                 await anyio.sleep(interval)
         finally:
