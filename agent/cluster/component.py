@@ -20,7 +20,7 @@ def components(ctx: Context) -> list[Component]:
     watch = ClusterWatch(ctx, etcd, Keys(cfg.etcd.namespace, cfg.etcd.scope))
     ctx.status_sections["cluster_watch"] = lambda: {
         "endpoint": etcd.endpoint, "revision": watch.cache.revision, "stream_deaths": watch.stream_deaths,
-        "resyncs": watch.resyncs}
+        "connect_failures": watch.failed_connects, "resyncs": watch.resyncs}
     feeder = Feeder(ctx, WatchdogMetrics(ctx.registry))
     ctx.status_sections["watchdog"] = feeder.status
     comps = [

@@ -2,13 +2,14 @@
 
 Unary calls (range, lease, txn) go through etcd3gw in a worker thread with a timeout. The watch
 is NOT etcd3gw's: its watcher hangs forever on compaction, an etcd restart or a frozen etcd
-(measured). We stream the gateway's /v3/watch ourselves with httpx, in the event loop, under a
-per-message deadline; etcd's progress notifications keep a healthy idle stream talking.
+(measured). We stream the gateway's /v3/watch ourselves with httpx, in the event loop; the
+caller bounds its silences by asking etcd whether the stream missed anything.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import random
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import anyio
 import etcd3gw
 import httpx
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from agent.cluster.keys import KeyValue
 from agent.core.config import read_secret
@@ -36,9 +38,17 @@ class WatchDied(Exception):
     def __init__(self, message: str, reason: str = "error") -> None:
         super().__init__(message)
         self.reason = reason
+        self.established = False  # etcd had answered `created`: a restart, not a failed connection
 
 
-WATCH_REASONS = ("deadline", "eof", "error_frame", "canceled", "compacted", "bad_json", "http", "connect")
+# why an established stream was restarted; a stream that never got etcd's `created` answer is a
+# failed connection attempt, counted apart (pgnode_etcd_connect_failures_total)
+WATCH_REASONS = ("deadline", "stale", "no_leader", "eof", "error_frame", "canceled", "compacted", "bad_json", "http")
+
+# etcd's require-leader metadata (clientv3.WithRequireLeader), as the gateway maps HTTP headers to
+# gRPC metadata: a member that has lost its leader refuses the call and cancels such a watch
+# (after ~3 election timeouts) instead of serving what it had when it was cut off.
+REQUIRE_LEADER = {"Grpc-Metadata-Hasleader": "true"}
 
 
 class Compacted(WatchDied):
@@ -63,8 +73,15 @@ def prefix_end(prefix: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
-    revision: int  # header revision of the message
+    revision: int  # header revision of the message: the store's, NOT a resume point (see `progress`)
     changes: tuple[KeyValue, ...]  # empty for progress notifications and `created`
+    created: bool = False  # etcd's answer to the create request; catch-up events may still follow
+
+    @property
+    def progress(self) -> bool:
+        """A progress notification: etcd sends it only once the watcher has caught up, so its
+        revision is a safe resume point (a `created` or catch-up header revision is not)."""
+        return not self.changes and not self.created
 
 
 class Etcd:
@@ -97,6 +114,7 @@ class Etcd:
             c = etcd3gw.Etcd3Client(host=u.hostname or "127.0.0.1", port=u.port or 2379,
                                     protocol=u.scheme or "http", ca_cert=ca or None, cert_cert=cert or None,
                                     cert_key=key or None, timeout=self.timeout, api_path="/v3/")
+            c.session.headers.update(REQUIRE_LEADER)
             self._clients[ep] = c
         return c
 
@@ -121,10 +139,11 @@ class Etcd:
     def drop_token(self) -> None:
         self._tokens.pop(self.endpoint, None)
 
-    async def _post(self, path: str, body: dict[str, Any]) -> Any:
-        """One unary call, trying each endpoint once starting at the current one."""
+    async def _post(self, path: str, body: dict[str, Any], *, failover: bool = True) -> Any:
+        """One unary call, trying each endpoint once starting at the current one (or, without
+        `failover`, only the current one)."""
         errors = []
-        for _ in self.endpoints:
+        for _ in self.endpoints if failover else self.endpoints[:1]:
             try:
                 await self.auth_headers()
                 return await self._call(self.client(), path, body)
@@ -142,39 +161,61 @@ class Etcd:
                for kv in r.get("kvs", [])]
         return rev, kvs
 
-    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
-        """Yield messages of one watch stream; raise WatchDied (or Compacted) when it ends."""
+    async def scope_revisions(self, prefix: str) -> tuple[int, dict[str, int]]:
+        """Linearizable keys-only range over a prefix on the current endpoint (the one the watch
+        streams from): (header revision, key -> mod_revision). Cheap enough to ask whenever a
+        watch has been silent: Patroni's scope holds a few keys."""
+        r = await self._post("/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
+                                           "keys_only": True}, failover=False)
+        return int(r["header"]["revision"]), {unb64(kv["key"]): int(kv["mod_revision"]) for kv in r.get("kvs", [])}
+
+    @contextlib.asynccontextmanager
+    async def watch_prefix(self, prefix: str, start_revision: int
+                           ) -> AsyncIterator[MemoryObjectReceiveStream[WatchEvent | WatchDied]]:
+        """Open one watch stream; its messages arrive on the yielded channel, and its death as a
+        WatchDied (or Compacted) item, after which nothing more comes. The stream has no read
+        deadline of its own: silence on a watch is normal (etcd's progress notifications default
+        to every 10 minutes), so the caller decides what a silence means (ClusterWatch asks etcd)."""
         body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision), "progress_notify": True}}
-        ca, cert, key = self._tls
-        timeout = httpx.Timeout(self.timeout, read=self.watch_deadline)
         try:
             headers = await self.auth_headers()
         except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError, KeyError) as e:
             self.drop_token()
             raise WatchDied(f"authentication failed: {type(e).__name__}", "connect") from None
+        send, recv = anyio.create_memory_object_stream[WatchEvent | WatchDied](16)
+        ca, cert, key = self._tls
+        timeout = httpx.Timeout(self.timeout, read=None)
+        failure: Exception | None = None
         async with httpx.AsyncClient(timeout=timeout, verify=ca or True,
-                                     cert=(cert, key) if cert else None) as http:
+                                     cert=(cert, key) if cert else None) as http, anyio.create_task_group() as tg:
+            tg.start_soon(self._read, http, body, {**headers, **REQUIRE_LEADER}, send)
+            try:
+                yield recv
+            except Exception as e:  # raised outside the task group, so not as an ExceptionGroup
+                failure = e
+            finally:
+                tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _read(self, http: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str],
+                    send: MemoryObjectSendStream[WatchEvent | WatchDied]) -> None:
+        async with send:
             try:
                 async with http.stream("POST", f"{self.endpoint}/v3/watch", json=body, headers=headers) as resp:
                     if resp.status_code != 200:
                         raise WatchDied(f"HTTP {resp.status_code}", "http")
-                    lines = resp.aiter_lines()
-                    while True:
-                        with anyio.fail_after(self.watch_deadline):
-                            try:
-                                line = await lines.__anext__()
-                            except StopAsyncIteration:
-                                raise WatchDied("stream ended (EOF)", "eof") from None
-                        if not line.strip():
-                            continue
-                        yield _parse(line)
-            except TimeoutError:
-                raise WatchDied(f"no message within {self.watch_deadline:g}s", "deadline") from None
+                    async for line in resp.aiter_lines():
+                        if line.strip():
+                            await send.send(_parse(line))
+                raise WatchDied("stream ended (EOF)", "eof")
+            except WatchDied as e:
+                await send.send(e)
             except httpx.ConnectError as e:
-                raise WatchDied(f"{type(e).__name__}: {e}", "connect") from None
+                await send.send(WatchDied(f"{type(e).__name__}: {e}", "connect"))
             except httpx.HTTPError as e:
-                raise WatchDied(f"{type(e).__name__}: {e}", "http") from None
+                await send.send(WatchDied(f"{type(e).__name__}: {e}", "http"))
 
 
 def _parse(line: str) -> WatchEvent:
@@ -184,14 +225,16 @@ def _parse(line: str) -> WatchEvent:
         raise WatchDied("bad JSON on the watch stream", "bad_json") from None
     if "error" in msg:
         err = msg["error"]
-        raise WatchDied(f"error frame: {err.get('message', err) if isinstance(err, dict) else err}", "error_frame")
+        text = str(err.get("message", err) if isinstance(err, dict) else err)
+        raise WatchDied(f"error frame: {text}", "no_leader" if "no leader" in text else "error_frame")
     res = msg.get("result")
     if not isinstance(res, dict):
         raise WatchDied("message without result", "bad_json")
     if res.get("compact_revision") and int(res["compact_revision"]) > 0:
         raise Compacted(int(res["compact_revision"]))
     if res.get("canceled"):
-        raise WatchDied(f"watch canceled: {res.get('cancel_reason', '')}", "canceled")
+        text = str(res.get("cancel_reason", ""))
+        raise WatchDied(f"watch canceled: {text}", "no_leader" if "no leader" in text else "canceled")
     rev = int(res.get("header", {}).get("revision", 0))
     changes = []
     for ev in res.get("events", []):
@@ -199,7 +242,7 @@ def _parse(line: str) -> WatchEvent:
         deleted = ev.get("type") == "DELETE"
         changes.append(KeyValue(unb64(kv["key"]), None if deleted else unb64(kv.get("value", "")),
                                 int(kv["mod_revision"])))
-    return WatchEvent(rev, tuple(changes))
+    return WatchEvent(rev, tuple(changes), created=bool(res.get("created")))
 
 
 def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:

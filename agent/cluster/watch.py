@@ -14,12 +14,14 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from agent.cluster.cache import KeyCache, KeyChange
-from agent.cluster.etcd import WATCH_REASONS, Compacted, Etcd, EtcdUnavailable, WatchDied, backoff
+from agent.cluster.etcd import WATCH_REASONS, Compacted, Etcd, EtcdUnavailable, WatchDied, WatchEvent, backoff
 from agent.cluster.keys import Keys, parse_failover, parse_member_role
 from agent.core.context import Context
 from agent.core.events import DcsAvailability, FailoverPending, LeaderChanged, MembersChanged
 
 log = structlog.get_logger("cluster_watch")
+
+GRACE = 1.0  # how long a change etcd already has may take to arrive on a live stream
 
 
 class ClusterWatch:
@@ -29,6 +31,8 @@ class ClusterWatch:
                                 "previous one ended.", ["reason"], registry=ctx.registry)
         for r in WATCH_REASONS:
             self.restarts.labels(r)
+        self.connect_failures = Counter("pgnode_etcd_connect_failures", "Attempts to list the scope or to "
+                                        "open a watch stream that etcd did not answer.", registry=ctx.registry)
         self.revision = Gauge("pgnode_etcd_revision", "Last etcd revision applied from the scope's watch.",
                               registry=ctx.registry)
         self.etcd = etcd
@@ -37,6 +41,7 @@ class ClusterWatch:
         self.listed = False
         self.resyncs = 0
         self.stream_deaths = 0
+        self.failed_connects = 0
 
     async def run(self, ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         attempt = 0
@@ -58,9 +63,14 @@ class ClusterWatch:
                 self.resyncs += 1
                 continue
             except (WatchDied, EtcdUnavailable) as e:
-                self.stream_deaths += 1
                 self.etcd.drop_token()  # a rejected or expired RBAC token heals on the next attempt
-                self.restarts.labels(e.reason if isinstance(e, WatchDied) else "connect").inc()
+                if isinstance(e, WatchDied) and e.established:
+                    attempt = 0  # etcd had answered: back off afresh
+                    self.stream_deaths += 1
+                    self.restarts.labels(e.reason).inc()
+                else:
+                    self.failed_connects += 1
+                    self.connect_failures.inc()
                 if self.listed and isinstance(e, WatchDied) and await self._probe():
                     # a silent or reset stream while etcd answers: resume at once, no DCS flap
                     log.info("watch_resumed", reason=str(e), revision=self.cache.revision,
@@ -105,14 +115,64 @@ class ClusterWatch:
         log.info("cluster_listed", revision=rev, keys=len(kvs), leader=self.cache.value(self.keys.leader))
 
     async def _stream(self) -> None:
+        """Apply one stream's messages until it dies. A silence past the deadline is not a death:
+        etcd sends nothing on an idle scope (progress notifications default to every 10 min), so
+        ask etcd whether the stream missed anything; only a change it did not deliver within a
+        grace, or an etcd that does not answer, ends it."""
         start = self.cache.revision + 1
-        async for msg in self.etcd.watch_prefix(self.keys.prefix, start):
-            self.ctx.liveness.beat("cluster_watch")
-            self._dcs(True, "")
-            changes = [c for c in (self.cache.apply(kv) for kv in msg.changes) if c]
+        created = False
+        suspect = ""  # what etcd has that the stream has not delivered yet
+        async with self.etcd.watch_prefix(self.keys.prefix, start) as stream:
+            while True:
+                msg: WatchEvent | WatchDied | None = None
+                with anyio.move_on_after(GRACE if suspect else self.etcd.watch_deadline):
+                    try:
+                        msg = await stream.receive()
+                    except anyio.EndOfStream:
+                        msg = WatchDied("stream ended (EOF)", "eof")
+                if isinstance(msg, WatchDied):
+                    msg.established = created
+                    raise msg
+                self.ctx.liveness.beat("cluster_watch")
+                if msg is None:
+                    if not created:
+                        raise WatchDied(f"no answer to the watch request within {self.etcd.watch_deadline:g}s",
+                                        "connect")
+                    if suspect:
+                        e = WatchDied(f"the stream did not deliver changes etcd has: {suspect}", "stale")
+                        e.established = True
+                        raise e
+                    suspect = await self._missed()
+                    continue
+                created = True
+                suspect = ""
+                self._apply(msg)
+
+    async def _missed(self) -> str:
+        """After a silence: the first change etcd has in the scope that the stream has not
+        delivered (empty when the scope is simply idle). Raises WatchDied when etcd does not answer."""
+        try:
+            _rev, revs = await self.etcd.scope_revisions(self.keys.prefix)
+        except EtcdUnavailable as e:
+            err = WatchDied(f"no message within {self.etcd.watch_deadline:g}s and etcd did not answer: {e}",
+                            "deadline")
+            err.established = True
+            raise err from None
+        applied = self.cache.revision
+        newer = sorted(k for k, r in revs.items() if r > applied)
+        gone = sorted(k for k in self.cache.items_under(self.keys.prefix) if k not in revs)
+        return f"{newer[0]} changed after revision {applied}" if newer else (
+            f"{gone[0]} deleted after revision {applied}" if gone else "")
+
+    def _apply(self, msg: WatchEvent) -> None:
+        self._dcs(True, "")
+        changes = [c for c in (self.cache.apply(kv) for kv in msg.changes) if c]
+        if msg.progress:
+            # resume only from what was applied: a `created` answer or a catch-up batch carries the
+            # store's current revision while older events may still be on their way
             self.cache.revision = max(self.cache.revision, msg.revision)
-            self.revision.set(self.cache.revision)
-            self._emit(changes, msg.revision)
+        self.revision.set(self.cache.revision)
+        self._emit(changes, msg.revision)
 
     def _emit(self, changes: list[KeyChange], revision: int) -> None:
         members_changed = False

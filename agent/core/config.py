@@ -96,7 +96,8 @@ class EtcdConfig:
     scope: str = doc("Patroni `scope` (the cluster name). Required.")
     timeout: Duration = doc("Timeout of unary etcd calls (range, lease, txn).", Duration(2))
     watch_deadline: Duration = doc(
-        "A watch stream silent this long is dead (etcd sends progress notifications).", Duration(5)
+        "A watch stream silent this long is checked: a linearizable read of the scope says whether it "
+        "missed a change (then it is resumed) or the scope is idle (then it is kept).", Duration(5)
     )
     username: str = doc("etcd user (RBAC); empty for none.", "")
     password_file: str = doc("File holding the etcd password (mode 0600/0640).", "")

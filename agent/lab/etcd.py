@@ -1,8 +1,9 @@
-"""Debian's etcd (3.4) on free loopback ports, with progress notifications every second.
+"""Debian's etcd (3.4) on free loopback ports, with etcd's production defaults.
 
-The agent's watch relies on progress notifications to tell a silent etcd from a quiet one, so
-the lab always starts etcd with `--experimental-watch-progress-notify-interval=1s`. The KV helpers
-go through the v3 JSON gateway, like the agent does, so tests put/delete exactly what Patroni would.
+Production etcd sends watch progress notifications every 10 minutes (the default), so the lab
+does too; `progress_notify="1s"` (etcd's `--experimental-watch-progress-notify-interval`) is a
+lab option, so tests can run the watch both ways. The KV helpers go through the v3 JSON gateway,
+like the agent does, so tests put/delete exactly what Patroni would.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.lab import http
+from agent.lab.netns import Netns
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, wait_until
 
@@ -27,18 +29,22 @@ class Etcd:
     """One etcd member: alone, or one of an `EtcdCluster` (then `peers` names every member's peer URL)."""
 
     def __init__(self, run_dir: Path, name: str = "etcd", *, peer_port: int | None = None,
-                 peers: dict[str, str] | None = None) -> None:
+                 peers: dict[str, str] | None = None, progress_notify: str = "",
+                 host: str = "127.0.0.1", peer_host: str = "127.0.0.1", netns: Netns | None = None) -> None:
         self.name = name
+        self.progress_notify = progress_notify
+        self.host = host
         self.client_port = free_port()
         self.peer_port = peer_port or free_port()
         self.data_dir = run_dir / f"{name}-data"
         self.log_path = run_dir / f"{name}.log"
         client = self.url
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        peer = f"http://{peer_host}:{self.peer_port}"
         members = peers or {name: peer}
         initial = ",".join(f"{n}={u}" for n, u in members.items())
         token = f"lab-{sorted(members.values())[0].rsplit(':', 1)[1]}"  # one per cluster, not per member
         argv = [
+            *(netns.exec_prefix if netns else []),
             shutil.which("etcd") or ETCD_BIN,
             "--name", name,
             "--data-dir", str(self.data_dir),
@@ -48,14 +54,15 @@ class Etcd:
             "--initial-advertise-peer-urls", peer,
             "--initial-cluster", initial,
             "--initial-cluster-token", token,
-            "--experimental-watch-progress-notify-interval=1s",
             "--log-level", "warn",
         ]  # fmt: skip
+        if progress_notify:
+            argv.append(f"--experimental-watch-progress-notify-interval={progress_notify}")
         self.proc = Proc(name, argv, self.log_path, accessible=self.healthy)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
+        return f"http://{self.host}:{self.client_port}"
 
     @property
     def pid(self) -> int | None:
@@ -104,6 +111,11 @@ class Etcd:
         kvs = self._call("kv/range", {"key": _b64(key)}).get("kvs", [])
         return base64.b64decode(kvs[0].get("value", "")).decode() if kvs else None
 
+    def get_serializable(self, key: str) -> str | None:
+        """This member's own view, without asking the leader (what a cut-off member still serves)."""
+        kvs = self._call("kv/range", {"key": _b64(key), "serializable": True}).get("kvs", [])
+        return base64.b64decode(kvs[0].get("value", "")).decode() if kvs else None
+
     def get_prefix(self, prefix: str) -> dict[str, str]:
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         resp = self._call("kv/range", {"key": _b64(prefix), "range_end": _b64(end)})
@@ -139,12 +151,33 @@ class Etcd:
 
 class EtcdCluster:
     """Three (or `size`) etcd members on loopback: what a production Patroni cluster runs on, so
-    tests can lose the member the agent talks to while the cluster keeps its quorum."""
+    tests can lose the member the agent talks to while the cluster keeps its quorum. With
+    `partitionable`, the first member runs in a network namespace of its own and `partition()`
+    cuts it off from its peers: it runs on without a leader while its clients still reach it."""
 
-    def __init__(self, run_dir: Path, size: int = 3, name: str = "etcd") -> None:
+    def __init__(self, run_dir: Path, size: int = 3, name: str = "etcd", progress_notify: str = "",
+                 partitionable: bool = False) -> None:
+        self.netns = Netns() if partitionable else None
         ports = {f"{name}{i}": free_port() for i in range(1, size + 1)}
-        peers = {n: f"http://127.0.0.1:{p}" for n, p in ports.items()}
-        self.members = [Etcd(run_dir, n, peer_port=p, peers=peers) for n, p in ports.items()]
+        ns = self.netns
+        hosts = {n: ("127.0.0.1" if ns is None else ns.inner_peer if i == 0 else ns.outer_peer)
+                 for i, n in enumerate(ports)}
+        peers = {n: f"http://{hosts[n]}:{p}" for n, p in ports.items()}
+        self.members = [Etcd(run_dir, n, peer_port=p, peers=peers, progress_notify=progress_notify,
+                             host=ns.inner if ns and i == 0 else "127.0.0.1", peer_host=hosts[n],
+                             netns=ns if i == 0 else None)
+                        for i, (n, p) in enumerate(ports.items())]
+
+    def partition(self) -> Etcd:
+        """Cut the first member off from its peers; returns it."""
+        if self.netns is None:
+            raise RuntimeError("EtcdCluster(partitionable=True) only")
+        self.netns.partition()
+        return self.members[0]
+
+    def heal(self) -> None:
+        if self.netns is not None:
+            self.netns.heal()
 
     @property
     def endpoints(self) -> list[str]:
@@ -154,6 +187,8 @@ class EtcdCluster:
         return next(m for m in self.members if m.url == url.rstrip("/"))
 
     def start(self, max_wait: float = 20.0) -> None:
+        if self.netns is not None:
+            self.netns.create()
         for m in self.members:  # together: a member is healthy only once the quorum is there
             m.proc.spawn()
         for m in self.members:
@@ -162,6 +197,8 @@ class EtcdCluster:
     def stop(self) -> None:
         for m in self.members:
             m.stop()
+        if self.netns is not None:
+            self.netns.delete()
 
     def any(self) -> Etcd:
         """A member that answers, for test reads and writes."""

@@ -4,6 +4,9 @@
 tests drive it the same way. `blackhole()` stops moving bytes (connections stay open, new ones are
 accepted but not forwarded; the kernel buffers fill, as on a partitioned link), `heal()` lets the
 held bytes flow again, and `reset()` closes every open connection with a TCP RST.
+`cut_after(marker)` arms a one-shot cut: the next server-to-client bytes holding `marker` are
+delivered up to the end of that line, then that connection is reset (a fault landing right after
+one message, e.g. etcd's watch `created`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.StreamWriter, asyncio.StreamWriter | None] = {}  # client -> upstream
         self.connections_total = 0
+        self._cut_marker: bytes | None = None
+        self.cuts = 0
 
     @property
     def url(self) -> str:
@@ -59,6 +64,9 @@ class TcpProxy:
     def reset(self) -> int:
         """RST every open connection; returns how many were reset."""
         return self._call(self._reset())
+
+    def cut_after(self, marker: bytes) -> None:
+        self._call(self._arm_cut(marker))
 
     def open_connections(self) -> int:
         return self._call(self._count())
@@ -90,6 +98,9 @@ class TcpProxy:
         else:
             self._flowing.clear()
 
+    async def _arm_cut(self, marker: bytes) -> None:
+        self._cut_marker = marker
+
     async def _count(self) -> int:
         return len(self._conns)
 
@@ -97,14 +108,7 @@ class TcpProxy:
         conns = list(self._conns.items())
         self._conns.clear()
         for client, upstream in conns:
-            for w in (client, upstream):
-                if w is None:
-                    continue
-                sock = w.get_extra_info("socket")
-                if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                w.transport.abort()
+            _rst(client, upstream)
         return len(conns)
 
     async def _stop(self) -> None:
@@ -131,12 +135,13 @@ class TcpProxy:
             u_writer.transport.abort()
             return
         self._conns[c_writer] = u_writer
-        await asyncio.gather(self._pipe(c_reader, u_writer), self._pipe(u_reader, c_writer))
+        await asyncio.gather(self._pipe(c_reader, u_writer), self._pipe(u_reader, c_writer, downstream=True))
         self._conns.pop(c_writer, None)
         for w in (c_writer, u_writer):
             w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    downstream: bool = False) -> None:
         try:
             while True:
                 await self._flowing.wait()
@@ -144,12 +149,34 @@ class TcpProxy:
                 if not data:
                     break
                 await self._flowing.wait()  # bytes read just before a blackhole are held, not delivered
+                marker = self._cut_marker
+                if downstream and marker is not None and marker in data:
+                    self._cut_marker = None
+                    end = data.find(b"\n", data.index(marker)) + 1 or len(data)
+                    if data[end:end + 2] == b"\r\n":  # the end of an HTTP chunk
+                        end += 2
+                    writer.write(data[:end])
+                    await writer.drain()
+                    self.cuts += 1
+                    _rst(writer, self._conns.pop(writer, None))
+                    return
                 writer.write(data)
                 await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()
         except (OSError, asyncio.IncompleteReadError):
             writer.transport.abort()
+
+
+def _rst(*writers: asyncio.StreamWriter | None) -> None:
+    for w in writers:
+        if w is None:
+            continue
+        sock = w.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()
 
 
 _BURN = "import time,sys\nend=time.monotonic()+float(sys.argv[1])\nwhile time.monotonic()<end: pass\n"

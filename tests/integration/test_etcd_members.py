@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agentproc import AgentProc
 
+from agent.lab import netns
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import EtcdCluster
@@ -87,3 +89,48 @@ def test_losing_the_agents_etcd_member_moves_the_watch_without_losing_a_leader_c
                   if ln.startswith(b"{")]
         assert not [e for e in events if e.get("event") == "dcs_availability_changed"], a.name
         assert [e["revision"] > 0 for e in events if e.get("event") == "watch_resumed"][:1] == [True], a.name
+
+
+@pytest.mark.parametrize("progress", ["", "1s"], ids=["defaults", "progress-1s"])
+def test_member_cut_off_from_its_peers_is_no_source_of_truth(run_dir: Path, progress: str) -> None:
+    """A member partitioned from its peers runs on without a leader and still answers its clients
+    (serializable reads, watches, and progress notifications when enabled). The agents on it must
+    leave it for a member with a leader and see a leader change made meanwhile, once."""
+    reason = netns.available()
+    if reason:
+        pytest.skip(reason)
+    e = EtcdCluster(run_dir, progress_notify=progress, partitionable=True)
+    scope = "cut"
+    leader = f"/service/{scope}/leader"
+    agents: list[AgentProc] = []
+    try:
+        e.start()
+        e.members[1].put(leader, "node2")
+        for i in (1, 2):
+            a = AgentProc(run_dir, e.endpoints[0], name=f"node{i}", scope=scope)
+            a.config.write_text(a.config.read_text().replace(
+                f'endpoints = ["{e.endpoints[0]}"]', "endpoints = " + json.dumps(e.endpoints)))
+            agents.append(a.start().wait_ready())
+        assert [a.status()["cluster_watch"]["endpoint"] for a in agents] == [e.endpoints[0]] * 2
+        cut = e.partition()
+        # a write on the majority side (it may be electing a new leader first)
+        wait_until(lambda: _try_put(e.members[1], leader, "node3"), 20, "a write on the majority side")
+        assert cut.get_serializable(leader) == "node2"   # the cut member still serves its old view
+        for a in agents:
+            wait_until(lambda a=a: a.status()["cluster_watch"]["endpoint"] != cut.url
+                       and a.status()["state"]["leader"] == "node3", 30,
+                       "agent left the cut member and sees the new leader", detail=a.tail)
+            assert [ev["new"] for ev in a.logs() if ev.get("event") == "leader_changed"] == ["node2", "node3"]
+            assert a.metric("pgnode_dcs_up") == 1.0
+    finally:
+        for a in agents:
+            a.stop()
+        e.stop()
+
+
+def _try_put(member: Any, key: str, value: str) -> bool:
+    try:
+        member.put(key, value)
+    except RuntimeError:
+        return False
+    return True

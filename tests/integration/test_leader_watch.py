@@ -1,8 +1,12 @@
-"""The leader watch against a real etcd: changes, outages, resets and compaction."""
+"""The leader watch against a real etcd: changes, outages, resets and compaction.
+
+The session etcd runs with etcd's defaults (progress notifications every 10 minutes, as in
+production); tests whose outcome depends on progress notifications run both ways."""
 
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +27,21 @@ def leader_of(a: AgentProc) -> str | None:
 @pytest.fixture
 def scope() -> str:
     return f"s{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(params=["defaults", "progress-1s"])
+def variant_etcd(request: pytest.FixtureRequest, run_dir: Path) -> Iterator[Etcd]:
+    """A fresh etcd with production defaults, or with progress notifications every second."""
+    e = Etcd(run_dir, progress_notify="1s" if request.param == "progress-1s" else "")
+    e.start()
+    yield e
+    e.stop()
+
+
+def restarts(a: AgentProc) -> float:
+    _, body = a.get("/metrics")
+    return sum(float(ln.rpartition(" ")[2]) for ln in body.splitlines()
+               if ln.startswith(("pgnode_etcd_watch_restarts_total{", "pgnode_etcd_connect_failures_total ")))
 
 
 @pytest.fixture
@@ -48,12 +67,50 @@ def test_leader_change_reaches_metrics(run_dir: Path, etcd: Etcd, scope: str) ->
         assert [(e["old"], e["new"]) for e in events] == [(None, "node2"), ("node2", "node1")]
 
 
-def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, fresh_etcd: Etcd, scope: str) -> None:
+@pytest.mark.slow
+def test_idle_watch_on_default_etcd_restarts_nothing_and_sees_a_change_in_the_silence(
+        run_dir: Path, etcd: Etcd, scope: str) -> None:
+    """60 s idle on an etcd that sends no progress notification (watch_deadline 3 s): the silences
+    are checked with etcd and the stream is kept; a leader change in the middle is seen."""
+    etcd.put(f"/service/{scope}/leader", "node2")
+    with AgentProc(run_dir, etcd.url, scope=scope) as a:
+        time.sleep(30)
+        etcd.put(f"/service/{scope}/leader", "node1")
+        wait_until(lambda: leader_of(a) == "node1", 5, "leader change seen on an idle stream", detail=a.tail)
+        time.sleep(30)
+        assert restarts(a) == 0.0, a.tail()
+        assert a.status()["cluster_watch"]["stream_deaths"] == 0
+        assert [e["new"] for e in a.logs() if e.get("event") == "leader_changed"] == ["node2", "node1"]
+
+
+def test_stream_cut_right_after_created_loses_no_leader_change(
+        run_dir: Path, etcd: Etcd, proxy: TcpProxy, scope: str) -> None:
+    """etcd answers a resumed watch with `created` (header = the store's current revision) before
+    the catch-up events: a cut right there must resume from what was applied, not past it."""
+    etcd.put(f"/service/{scope}/leader", "node2")
+    with AgentProc(run_dir, proxy.url, scope=scope) as a:
+        proxy.blackhole()
+        etcd.put(f"/service/{scope}/leader", "node3")
+        for i in range(5):
+            etcd.put(f"/other/{scope}/noise", str(i))  # the store's revision moves past the change
+        wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 15, "dcs down while blackholed", detail=a.tail)
+        proxy.cut_after(b'"created":true')
+        proxy.heal()
+        wait_until(lambda: proxy.cuts == 1, 15, "the resumed stream cut after `created`", detail=a.tail)
+        wait_until(lambda: leader_of(a) == "node3", 15, "the missed leader change after resume", detail=a.tail)
+        etcd.put(f"/service/{scope}/members/node9", '{"role":"replica"}')  # a later event: nothing replayed twice
+        wait_until(lambda: any(m["name"] == "node9" for m in a.status()["state"]["members"]), 15, "member seen")
+        assert [e["new"] for e in a.logs() if e.get("event") == "leader_changed"] == ["node2", "node3"]
+        assert a.metric("pgnode_leader_changes_total") == 1.0
+
+
+def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, variant_etcd: Etcd, scope: str) -> None:
+    fresh_etcd = variant_etcd
     fresh_etcd.put(f"/service/{scope}/leader", "node2")
     with AgentProc(run_dir, fresh_etcd.url, scope=scope) as a:
         fresh_etcd.pause()
         try:
-            # watch_deadline 3 s + one probe (timeout 2 s): well within 10 s
+            # watch_deadline 3 s + one check (timeout 2 s) + one probe: well within 10 s
             wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 10, "dcs down after SIGSTOP", detail=a.tail)
             assert a.metric('pgnode_leader_view{view="unknown"}') == 1.0
             assert a.get("/health")[0] == 200  # an outage is reported, not a reason to be restarted
@@ -65,8 +122,9 @@ def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, fresh_etcd: Etcd
 
 
 def test_etcd_killed_and_restarted_loses_no_leader_change(
-    run_dir: Path, fresh_etcd: Etcd, scope: str
+    run_dir: Path, variant_etcd: Etcd, scope: str
 ) -> None:
+    fresh_etcd = variant_etcd
     fresh_etcd.put(f"/service/{scope}/leader", "node2")
     with AgentProc(run_dir, fresh_etcd.url, scope=scope) as a:
         fresh_etcd.kill9()
