@@ -28,6 +28,11 @@ class KeyCache:
         kv = self._seen.get(key)
         return kv.value if kv else None
 
+    def mod_revision(self, key: str) -> int:
+        """The last applied mod_revision of `key` (a deletion's included); 0 if never seen."""
+        kv = self._seen.get(key)
+        return kv.mod_revision if kv else 0
+
     def items_under(self, prefix: str) -> dict[str, str]:
         return {k: kv.value for k, kv in self._seen.items() if k.startswith(prefix) and kv.value is not None}
 

@@ -42,6 +42,7 @@ class ClusterWatch:
         self.resyncs = 0
         self.stream_deaths = 0
         self.failed_connects = 0
+        self._behind: dict[str, int] | None = None  # etcd's scope at reconnect, until the replay reaches it
 
     async def run(self, ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         attempt = 0
@@ -103,6 +104,7 @@ class ClusterWatch:
 
     async def _list(self) -> None:
         rev, kvs = await self.etcd.range_prefix(self.keys.prefix)
+        self._behind = None  # a listing is the whole truth at its revision
         self._dcs(True, "")
         changes = self.cache.sync(rev, kvs)
         self.revision.set(self.cache.revision)
@@ -144,6 +146,10 @@ class ClusterWatch:
                         raise e
                     suspect = await self._missed()
                     continue
+                if not created and not self.ctx.state.current.dcs_up:
+                    # back after an outage: the replay of what happened meanwhile follows `created`;
+                    # the DCS is up (and the leader known) only once it is applied
+                    self._behind = (await self._scope_revisions())[1]
                 created = True
                 suspect = ""
                 self._apply(msg)
@@ -151,21 +157,24 @@ class ClusterWatch:
     async def _missed(self) -> str:
         """After a silence: the first change etcd has in the scope that the stream has not
         delivered (empty when the scope is simply idle). Raises WatchDied when etcd does not answer."""
+        return self._missing((await self._scope_revisions())[1])
+
+    async def _scope_revisions(self) -> tuple[int, dict[str, int]]:
         try:
-            _rev, revs = await self.etcd.scope_revisions(self.keys.prefix)
+            return await self.etcd.scope_revisions(self.keys.prefix)
         except EtcdUnavailable as e:
-            err = WatchDied(f"no message within {self.etcd.watch_deadline:g}s and etcd did not answer: {e}",
-                            "deadline")
+            err = WatchDied(f"etcd did not answer a read of the scope: {e}", "deadline")
             err.established = True
             raise err from None
-        applied = self.cache.revision
-        newer = sorted(k for k, r in revs.items() if r > applied)
+
+    def _missing(self, revs: dict[str, int]) -> str:
+        """The first difference between etcd's scope (key -> mod_revision) and what was applied."""
+        newer = sorted(k for k, r in revs.items() if r > self.cache.mod_revision(k))
         gone = sorted(k for k in self.cache.items_under(self.keys.prefix) if k not in revs)
-        return f"{newer[0]} changed after revision {applied}" if newer else (
-            f"{gone[0]} deleted after revision {applied}" if gone else "")
+        return f"{newer[0]} changed at revision {revs[newer[0]]}" if newer else (
+            f"{gone[0]} deleted" if gone else "")
 
     def _apply(self, msg: WatchEvent) -> None:
-        self._dcs(True, "")
         changes = [c for c in (self.cache.apply(kv) for kv in msg.changes) if c]
         if msg.progress:
             # resume only from what was applied: a `created` answer or a catch-up batch carries the
@@ -173,6 +182,10 @@ class ClusterWatch:
             self.cache.revision = max(self.cache.revision, msg.revision)
         self.revision.set(self.cache.revision)
         self._emit(changes, msg.revision)
+        if self._behind is not None and (msg.progress or not self._missing(self._behind)):
+            self._behind = None
+        if self._behind is None:
+            self._dcs(True, "")
 
     def _emit(self, changes: list[KeyChange], revision: int) -> None:
         members_changed = False

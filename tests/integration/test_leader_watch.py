@@ -152,6 +152,11 @@ def test_changes_while_connection_blackholed_are_replayed_once(
         news = [e["new"] for e in a.logs() if e.get("event") == "leader_changed"]
         assert news == ["node2", None, "node3", "node1"]
         assert a.metric("pgnode_leader_changes_total") == 2.0
+        # the DCS came back up only once the replay was applied: never judged on the stale leader
+        evs = [(e["event"], e.get("new")) for e in a.logs()
+               if e.get("event") in ("leader_changed", "dcs_availability_changed")]
+        up_again = max(i for i, ev in enumerate(evs) if ev == ("dcs_availability_changed", True))
+        assert evs.index(("leader_changed", "node1")) < up_again, evs
         proxy.reset()  # a reset stream resumes from the last revision: no replays reported
         etcd.put(f"/service/{scope}/members/node9", '{"role":"replica"}')
         wait_until(
