@@ -1,12 +1,14 @@
-"""Poll at an interval, but at once (and a few times soon after) when a leader event arrives:
-Patroni and PostgreSQL finish a promotion or demotion a moment after the leader key moves."""
+"""Poll at an interval, but at once (and a few times soon after) when role news arrives: a leader
+event (Patroni and PostgreSQL finish a promotion or demotion a moment after the leader key
+moves), or pg_is_in_recovery() seeing PostgreSQL go down, come back or change its recovery
+state (after a postmaster restart Patroni's word changes with no leader event at all)."""
 
 from __future__ import annotations
 
 import anyio
 
 from agent.core.bus import Bus, Lagged
-from agent.core.events import LeaderChanged
+from agent.core.events import LeaderChanged, PostgresAvailability
 
 # The first re-read waits 50 ms: Patroni's REST answer lags the key anyway, and polling at once
 # puts ~3 ms of event-loop work right where the scrape showing the change would run (measured).
@@ -30,10 +32,16 @@ class Waker:
 
     async def follow_leader_events(self, bus: Bus) -> None:
         """Run in the component's task group: wake on each leader change, then again shortly."""
+        postgres: tuple[bool, bool | None] | None = None  # (up, in_recovery) last seen
         async with bus.subscribe() as events, anyio.create_task_group() as tg:
             async for ev in events:
-                if isinstance(ev, LeaderChanged | Lagged):
-                    tg.start_soon(self._followups)
+                if isinstance(ev, PostgresAvailability):
+                    seen, postgres = postgres, (ev.up, ev.in_recovery)
+                    if seen is None or seen == postgres:
+                        continue  # the first sighting or the same again: no news
+                elif not isinstance(ev, LeaderChanged | Lagged):
+                    continue
+                tg.start_soon(self._followups)
 
     async def _followups(self) -> None:
         last = 0.0
