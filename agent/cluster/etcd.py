@@ -21,10 +21,13 @@ from urllib.parse import urlsplit
 import anyio
 import etcd3gw
 import httpx
+import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from agent.cluster.keys import KeyValue
 from agent.core.config import read_secret
+
+log = structlog.get_logger("etcd")
 
 
 class EtcdUnavailable(Exception):
@@ -43,12 +46,16 @@ class WatchDied(Exception):
 
 # why an established stream was restarted; a stream that never got etcd's `created` answer is a
 # failed connection attempt, counted apart (pgnode_etcd_connect_failures_total)
-WATCH_REASONS = ("deadline", "stale", "no_leader", "eof", "error_frame", "canceled", "compacted", "bad_json", "http")
+WATCH_REASONS = ("deadline", "stale", "no_leader", "auth", "eof", "error_frame", "canceled", "compacted",
+                 "bad_json", "http")
 
 # etcd's require-leader metadata (clientv3.WithRequireLeader), as the gateway maps HTTP headers to
 # gRPC metadata: a member that has lost its leader refuses the call and cancels such a watch
 # (after ~3 election timeouts) instead of serving what it had when it was cut off.
 REQUIRE_LEADER = {"Grpc-Metadata-Hasleader": "true"}
+
+# etcd's answers that mean "log in again" (Patroni re-authenticates on the same three)
+AUTH_REJECTED = ("invalid auth token", "revision of auth store is old", "user name is empty")
 
 
 class Compacted(WatchDied):
@@ -91,7 +98,8 @@ class Etcd:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self._user = username
         self._password_file = password_file
-        self._tokens: dict[str, str] = {}  # endpoint -> auth token (etcd RBAC through the gateway)
+        self._token: str | None = None  # etcd RBAC token, through the gateway
+        self.logins = 0
         self.timeout = timeout
         self.watch_deadline = watch_deadline
         self._tls = (ca_file, cert_file, key_file)
@@ -118,39 +126,50 @@ class Etcd:
             self._clients[ep] = c
         return c
 
-    async def _call(self, c: etcd3gw.Etcd3Client, path: str, body: dict[str, Any]) -> Any:
+    async def _call(self, c: etcd3gw.Etcd3Client, path: str, body: dict[str, Any],
+                    headers: dict[str, str] | None = None) -> Any:
         with anyio.fail_after(self.timeout + 1):
             return await anyio.to_thread.run_sync(
-                functools.partial(c.post, c.get_url(path), json=body), abandon_on_cancel=True)
+                functools.partial(c.post, c.get_url(path), json=body, headers=headers), abandon_on_cancel=True)
 
     async def auth_headers(self) -> dict[str, str]:
-        """The gateway takes an RBAC token from /v3/auth/authenticate in `Authorization`. A token
-        is dropped on any failure and fetched again, so an expired one heals by itself."""
+        """The gateway takes an RBAC token from /v3/auth/authenticate in `Authorization`. One
+        token serves every member (etcd assigns it through raft) and is kept until etcd rejects
+        it (expired: `--auth-token-ttl`, or an auth change): a login is a bcrypt check and a raft
+        proposal on etcd, not something to do per reconnect."""
         if not self._user:
             return {}
-        ep = self.endpoint
-        if ep not in self._tokens:
+        if self._token is None:
             r = await self._call(self.client(), "/auth/authenticate",
                                  {"name": self._user, "password": str(read_secret(self._password_file))})
-            self._tokens[ep] = str(r["token"])
-            self.client().session.headers["Authorization"] = self._tokens[ep]
-        return {"Authorization": self._tokens[ep]}
+            self._token = str(r["token"])
+            self.logins += 1
+            log.info("etcd_authenticated", user=self._user, endpoint=self.endpoint, logins=self.logins)
+        return {"Authorization": self._token}
 
-    def drop_token(self) -> None:
-        self._tokens.pop(self.endpoint, None)
+    def token_rejected(self, error: object) -> bool:
+        """Forget the token if `error` is etcd refusing it; True then (log in again and retry)."""
+        text = f"{error} {getattr(error, 'detail_text', '')}"  # etcd3gw keeps etcd's body in detail_text
+        if self._token is None or not any(m in text for m in AUTH_REJECTED):
+            return False
+        self._token = None
+        log.info("etcd_token_rejected", user=self._user, endpoint=self.endpoint, error=str(error)[:200])
+        return True
 
     async def _post(self, path: str, body: dict[str, Any], *, failover: bool = True) -> Any:
         """One unary call, trying each endpoint once starting at the current one (or, without
-        `failover`, only the current one)."""
+        `failover`, only the current one). A rejected token is renewed and the call retried once."""
         errors = []
         for _ in self.endpoints if failover else self.endpoints[:1]:
-            try:
-                await self.auth_headers()
-                return await self._call(self.client(), path, body)
-            except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError, KeyError) as e:
-                errors.append(f"{self.endpoint}: {type(e).__name__}")
-                self.drop_token()
-                self.rotate()
+            for _attempt in range(2):
+                try:
+                    return await self._call(self.client(), path, body, await self.auth_headers())
+                except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError, KeyError) as e:
+                    if self.token_rejected(e) and not _attempt:
+                        continue
+                    errors.append(f"{self.endpoint}: {type(e).__name__}: {str(e)[:120]}")
+                    break
+            self.rotate()
         raise EtcdUnavailable("; ".join(errors))
 
     async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
@@ -181,7 +200,6 @@ class Etcd:
         try:
             headers = await self.auth_headers()
         except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError, KeyError) as e:
-            self.drop_token()
             raise WatchDied(f"authentication failed: {type(e).__name__}", "connect") from None
         send, recv = anyio.create_memory_object_stream[WatchEvent | WatchDied](16)
         ca, cert, key = self._tls
@@ -211,11 +229,19 @@ class Etcd:
                             await send.send(_parse(line))
                 raise WatchDied("stream ended (EOF)", "eof")
             except WatchDied as e:
+                if e.reason == "auth":
+                    self.token_rejected(e)
                 await send.send(e)
             except httpx.ConnectError as e:
                 await send.send(WatchDied(f"{type(e).__name__}: {e}", "connect"))
             except httpx.HTTPError as e:
                 await send.send(WatchDied(f"{type(e).__name__}: {e}", "http"))
+
+
+def _reason(text: str, default: str) -> str:
+    if "no leader" in text:
+        return "no_leader"
+    return "auth" if any(m in text for m in AUTH_REJECTED) else default
 
 
 def _parse(line: str) -> WatchEvent:
@@ -226,7 +252,7 @@ def _parse(line: str) -> WatchEvent:
     if "error" in msg:
         err = msg["error"]
         text = str(err.get("message", err) if isinstance(err, dict) else err)
-        raise WatchDied(f"error frame: {text}", "no_leader" if "no leader" in text else "error_frame")
+        raise WatchDied(f"error frame: {text}", _reason(text, "error_frame"))
     res = msg.get("result")
     if not isinstance(res, dict):
         raise WatchDied("message without result", "bad_json")
@@ -234,7 +260,7 @@ def _parse(line: str) -> WatchEvent:
         raise Compacted(int(res["compact_revision"]))
     if res.get("canceled"):
         text = str(res.get("cancel_reason", ""))
-        raise WatchDied(f"watch canceled: {text}", "no_leader" if "no leader" in text else "canceled")
+        raise WatchDied(f"watch canceled: {text}", _reason(text, "canceled"))
     rev = int(res.get("header", {}).get("revision", 0))
     changes = []
     for ev in res.get("events", []):

@@ -64,7 +64,6 @@ class ClusterWatch:
                 self.resyncs += 1
                 continue
             except (WatchDied, EtcdUnavailable) as e:
-                self.etcd.drop_token()  # a rejected or expired RBAC token heals on the next attempt
                 if isinstance(e, WatchDied) and e.established:
                     attempt = 0  # etcd had answered: back off afresh
                     self.stream_deaths += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,11 @@ class Etcd:
 
     def __init__(self, run_dir: Path, name: str = "etcd", *, peer_port: int | None = None,
                  peers: dict[str, str] | None = None, progress_notify: str = "",
-                 host: str = "127.0.0.1", peer_host: str = "127.0.0.1", netns: Netns | None = None) -> None:
+                 host: str = "127.0.0.1", peer_host: str = "127.0.0.1", netns: Netns | None = None,
+                 auth_token_ttl: int = 0) -> None:
         self.name = name
         self.progress_notify = progress_notify
+        self.auth: tuple[str, str] | None = None  # root's (user, password) once enable_rbac() ran
         self.host = host
         self.client_port = free_port()
         self.peer_port = peer_port or free_port()
@@ -58,6 +61,8 @@ class Etcd:
         ]  # fmt: skip
         if progress_notify:
             argv.append(f"--experimental-watch-progress-notify-interval={progress_notify}")
+        if auth_token_ttl:  # simple tokens expire after this many idle seconds (default 300)
+            argv += ["--auth-token-ttl", str(auth_token_ttl)]
         self.proc = Proc(name, argv, self.log_path, accessible=self.healthy)
 
     @property
@@ -92,10 +97,35 @@ class Etcd:
     def resume(self) -> None:
         self.proc.resume()
 
+    # --- RBAC (etcdctl, as an operator would) ---
+
+    def etcdctl(self, *args: str, user: str = "") -> str:
+        argv = ["etcdctl", f"--endpoints={self.url}", *(["--user", user] if user else []), *args]
+        r = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30,
+                           env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        return r.stdout
+
+    def enable_rbac(self, root_password: str, users: dict[str, tuple[str, list[tuple[str, str, bool]]]]) -> None:
+        """Turn auth on with a root user and, per user, a role of the same name holding
+        (permission, key, is_prefix) grants: the least a client needs, nothing more."""
+        self.etcdctl("user", "add", f"root:{root_password}")
+        for name, (password, grants) in users.items():
+            self.etcdctl("user", "add", f"{name}:{password}")
+            self.etcdctl("role", "add", name)
+            for perm, key, prefix in grants:
+                self.etcdctl("role", "grant-permission", *(["--prefix=true"] if prefix else []), name, perm, key)
+            self.etcdctl("user", "grant-role", name, name)
+        self.etcdctl("auth", "enable")
+        self.auth = ("root", root_password)
+
     # --- KV through the gateway (for tests) ---
 
     def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        status, resp = http.post(f"{self.url}/v3/{path}", body, timeout=3.0)
+        headers = {}
+        if self.auth:  # as root; a fresh token each call, so the lab never trips over token expiry
+            _, tok = http.post(f"{self.url}/v3/auth/authenticate", {"name": self.auth[0], "password": self.auth[1]})
+            headers["Authorization"] = str(tok.get("token", "")) if isinstance(tok, dict) else ""
+        status, resp = http.post(f"{self.url}/v3/{path}", body, timeout=3.0, headers=headers)
         if status != 200 or not isinstance(resp, dict):
             raise RuntimeError(f"etcd {path} -> {status}: {resp!r}")
         return resp

@@ -14,10 +14,11 @@ from typing import Any
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def request(method: str, url: str, body: Any = None, timeout: float = 2.0) -> tuple[int, Any]:
+def request(method: str, url: str, body: Any = None, timeout: float = 2.0,
+            headers: dict[str, str] | None = None) -> tuple[int, Any]:
     """Return (status, decoded JSON or text). Status 0 means no HTTP answer at all."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - lab URLs are http://127.0.0.1
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})  # noqa: S310 - lab URLs
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
@@ -33,8 +34,8 @@ def get(url: str, timeout: float = 2.0) -> tuple[int, Any]:
     return request("GET", url, timeout=timeout)
 
 
-def post(url: str, body: Any = None, timeout: float = 2.0) -> tuple[int, Any]:
-    return request("POST", url, body if body is not None else {}, timeout=timeout)
+def post(url: str, body: Any = None, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    return request("POST", url, body if body is not None else {}, timeout=timeout, headers=headers)
 
 
 def _decode(raw: bytes) -> Any:

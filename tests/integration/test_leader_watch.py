@@ -5,7 +5,6 @@ production); tests whose outcome depends on progress notifications run both ways
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -182,26 +181,37 @@ def test_compacted_revision_is_relisted_and_the_change_reported(
         assert a.metric("pgnode_leader_changes_total") == 1.0
 
 
-def test_watch_with_etcd_rbac_authenticates(run_dir: Path, fresh_etcd: Etcd, scope: str) -> None:
-    def etcdctl(*args: str) -> None:
-        subprocess.run(["etcdctl", f"--endpoints={fresh_etcd.url}", *args], check=True, capture_output=True,
-                       timeout=30, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
-
-    etcdctl("user", "add", "root:rootpw")
-    etcdctl("auth", "enable")
-    etcdctl("--user", "root:rootpw", "put", f"/service/{scope}/leader", "node2")
-    pw = run_dir / "etcd-pw"
-    pw.write_text("rootpw\n")
-    pw.chmod(0o600)
-    a = AgentProc(run_dir, fresh_etcd.url, scope=scope)
-    a.config.write_text(a.config.read_text().replace(
-        "[etcd]\n", f'[etcd]\nusername = "root"\npassword_file = "{pw}"\n', 1))
-    a.start().wait_ready()
+def test_rbac_token_expiry_restarts_nothing_and_never_drops_the_dcs(run_dir: Path, scope: str) -> None:
+    """A least-privilege agent user on an etcd whose tokens expire after 2 idle seconds: the
+    watch outlives its token, a read with an expired token logs in again and is retried, the
+    DCS never goes down and no stream is restarted."""
+    e = Etcd(run_dir, auth_token_ttl=2)
+    e.start()
     try:
-        assert leader_of(a) == "node2"
-        etcdctl("--user", "root:rootpw", "put", f"/service/{scope}/leader", "node1")
-        wait_until(lambda: leader_of(a) == "node1", 10, "leader seen through an authenticated watch",
-                   detail=a.tail)
-        assert "rootpw" not in a.log_path.read_text()
+        prefix = f"/service/{scope}/"
+        e.enable_rbac("rootpw", {"agent": ("agentpw", [("read", prefix, True),
+                                                       ("readwrite", prefix + "pg-node-agent/repack-lock", False)])})
+        e.put(prefix + "leader", "node2")
+        pw = run_dir / "etcd-pw"
+        pw.write_text("agentpw\n")
+        pw.chmod(0o600)
+        a = AgentProc(run_dir, e.url, scope=scope)
+        a.config.write_text(a.config.read_text().replace(
+            "[etcd]\n", f'[etcd]\nusername = "agent"\npassword_file = "{pw}"\n', 1))
+        a.start().wait_ready()
+        try:
+            assert leader_of(a) == "node2"
+            time.sleep(8)  # silences of 3 s are checked with etcd: each check finds the token expired
+            e.put(prefix + "leader", "node1")
+            wait_until(lambda: leader_of(a) == "node1", 10, "leader seen through an authenticated watch",
+                       detail=a.tail)
+            logs = a.logs()
+            assert sum(1 for ev in logs if ev.get("event") == "etcd_authenticated") >= 2  # it did expire
+            assert sum(1 for ev in logs if ev.get("event") == "etcd_token_rejected") >= 1
+            assert not [ev for ev in logs if ev.get("event") == "dcs_availability_changed" and not ev["new"]]
+            assert restarts(a) == 0.0, a.tail()
+            assert "agentpw" not in a.log_path.read_text()
+        finally:
+            a.stop()
     finally:
-        a.stop()
+        e.stop()
