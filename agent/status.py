@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
-from agent.cluster.etcd import Etcd, EtcdUnavailable
-from agent.cluster.keys import Keys, member_as_in_cluster_api, parse_pause
 from agent.core.config import Config
+from agent.etcd.client import Etcd, EtcdUnavailable
+from agent.etcd.keys import Keys, member_as_in_cluster_api, parse_pause
 
 AGENT_TAG = "pg_node_agent"
 TIMEOUT = 3.0
@@ -84,8 +84,7 @@ async def fetch_node(url: str, auth: Auth = None) -> tuple[Body | None, str]:
 async def members_from_etcd(cfg: Config) -> Body:
     """Patroni's member keys in etcd, shaped like its GET /cluster."""
     e = cfg.etcd
-    etcd = Etcd(e.endpoints, e.timeout, e.watch_deadline, e.ca_file, e.cert_file, e.key_file, e.username,
-                e.password_file)
+    etcd = Etcd.from_config(e)
     keys = Keys(e.namespace, e.scope)
     _rev, kvs = await etcd.range_prefix(keys.prefix)
     leader = next((kv.value for kv in kvs if kv.key == keys.leader), None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.cluster.keys import KeyValue
+from agent.etcd.keys import KeyValue
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import functools
 
 from agent.cluster import hooks, patroni_api, pg_role
-from agent.cluster.etcd import Etcd
-from agent.cluster.keys import Keys
 from agent.cluster.watch import ClusterWatch
 from agent.cluster.watchdog.feeder import Feeder, WatchdogMetrics
 from agent.core.context import Context
 from agent.core.supervisor import Component
+from agent.etcd.client import Etcd
+from agent.etcd.keys import Keys
 
 
 def components(ctx: Context) -> list[Component]:
     cfg = ctx.config
-    etcd = Etcd(cfg.etcd.endpoints, cfg.etcd.timeout, cfg.etcd.watch_deadline,
-                cfg.etcd.ca_file, cfg.etcd.cert_file, cfg.etcd.key_file, cfg.etcd.username, cfg.etcd.password_file)
+    etcd = Etcd.from_config(cfg.etcd)
     watch = ClusterWatch(ctx, etcd, Keys(cfg.etcd.namespace, cfg.etcd.scope))
     ctx.status_sections["cluster_watch"] = lambda: {
         "endpoint": etcd.endpoint, "revision": watch.cache.revision, "stream_deaths": watch.stream_deaths,

@@ -14,10 +14,10 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from agent.cluster.cache import KeyCache, KeyChange
-from agent.cluster.etcd import WATCH_REASONS, Compacted, Etcd, EtcdUnavailable, WatchDied, WatchEvent, backoff
-from agent.cluster.keys import Keys, parse_failover, parse_member_role
 from agent.core.context import Context
 from agent.core.events import DcsAvailability, FailoverPending, LeaderChanged, MembersChanged
+from agent.etcd.client import WATCH_REASONS, Compacted, Etcd, EtcdUnavailable, WatchDied, WatchEvent, backoff
+from agent.etcd.keys import Keys, failover_pending, parse_member_role
 
 log = structlog.get_logger("cluster_watch")
 
@@ -192,11 +192,8 @@ class ClusterWatch:
             if ch.key == self.keys.leader:
                 self.ctx.publish(LeaderChanged(leader=ch.new or None, previous=ch.old, revision=ch.revision))
             elif ch.key == self.keys.failover:
-                # Patroni clears the key after a switchover by writing an empty value, not a delete
-                f = parse_failover(ch.new) if ch.new else None
-                pending = f is not None and (f.leader is not None or f.candidate is not None)
-                self.ctx.publish(FailoverPending(pending=pending, revision=ch.revision,
-                                                 candidate=f.candidate if f else None))
+                pending, candidate = failover_pending(ch.new)
+                self.ctx.publish(FailoverPending(pending=pending, revision=ch.revision, candidate=candidate))
             elif ch.key.startswith(self.keys.members):
                 members_changed = True
         if members_changed:

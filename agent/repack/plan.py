@@ -29,32 +29,33 @@ from agent.core.events import (
     Role,
 )
 from agent.core.state import NodeState, reduce
+from agent.etcd.client import Etcd, EtcdUnavailable
+from agent.etcd.keys import Keys, failover_pending
 from agent.repack import candidates, guards, windows
 from agent.repack.component import binary_version, resolve_binary
 from agent.repack.history import History, table_key
-from agent.repack.lock import RepackLock
 
 
 def _say(line: str = "") -> None:
     sys.stdout.write(line + "\n")
 
 
-def _etcd_events(cfg: Config) -> list[Event]:
-    lock = RepackLock(cfg.etcd, cfg.node.name)
+async def _etcd_events(cfg: Config) -> list[Event]:
+    """The leader and failover keys and the lock holder, read with the agent's etcd client and
+    key layout (the same the watch and the lock use)."""
+    etcd, keys = Etcd.from_config(cfg.etcd), Keys(cfg.etcd.namespace, cfg.etcd.scope)
     try:
-        client = lock._connect()
-        prefix = f"{cfg.etcd.namespace.rstrip('/')}/{cfg.etcd.scope}"
-        leader = client.get(f"{prefix}/leader")
-        failover = client.get(f"{prefix}/failover")
-        holder = client.get(lock.key)
-    except Exception as e:
+        leader = await etcd.get(keys.leader)
+        failover = await etcd.get(keys.failover)
+        holder = await etcd.get(keys.repack_lock)
+    except EtcdUnavailable as e:
         return [DcsAvailability(up=False, endpoint="", reason=str(e)[:200])]
-    name = leader[0].decode() if leader else None
     if holder:
-        _say(f"repack lock {lock.key} held by {holder[0].decode()}")
-    return [DcsAvailability(up=True, endpoint=cfg.etcd.endpoints[0]),
-            LeaderChanged(leader=name, previous=None, revision=0),
-            FailoverPending(pending=bool(failover), candidate=None, revision=0)]
+        _say(f"repack lock {keys.repack_lock} held by {holder}")
+    pending, candidate = failover_pending(failover)
+    return [DcsAvailability(up=True, endpoint=etcd.endpoint),
+            LeaderChanged(leader=leader or None, previous=None, revision=0),
+            FailoverPending(pending=pending, candidate=candidate, revision=0)]
 
 
 def _patroni_event(cfg: Config) -> Event:
@@ -88,7 +89,7 @@ async def _plan(cfg: Config) -> int:
         _say(f"pg_repack: {e}")
         version = None
 
-    events: list[Event] = [*await anyio.to_thread.run_sync(_etcd_events, cfg),
+    events: list[Event] = [*await _etcd_events(cfg),
                            await anyio.to_thread.run_sync(_patroni_event, cfg)]
     history = History.load(cfg.state_dir / "repack.json")
     first: candidates.Assessment | None = None

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from agent.cluster.cache import KeyCache
-from agent.cluster.etcd import Compacted, WatchDied, _parse, b64, prefix_end
-from agent.cluster.keys import Keys, KeyValue, parse_failover, parse_member_role
+from agent.etcd.client import Compacted, WatchDied, _parse, b64, prefix_end
+from agent.etcd.keys import Keys, KeyValue, parse_failover, parse_member_role
 
 
 def test_replayed_leader_event_after_resume_is_not_reported_twice() -> None:
@@ -58,7 +58,7 @@ def test_keys_follow_patroni_layout() -> None:
 
 
 def test_member_key_is_shaped_like_an_entry_of_patronis_cluster_api() -> None:
-    from agent.cluster.keys import member_as_in_cluster_api
+    from agent.etcd.keys import member_as_in_cluster_api
 
     # a replica's member key as Patroni 4.1.5 wrote it in the lab
     value = ('{"conn_url":"postgres://127.0.0.1:41913/postgres","api_url":"http://127.0.0.1:53405/patroni",'
@@ -74,7 +74,7 @@ def test_member_key_is_shaped_like_an_entry_of_patronis_cluster_api() -> None:
 
 
 def test_standby_leader_and_maintenance_mode_read_from_the_keys() -> None:
-    from agent.cluster.keys import member_as_in_cluster_api, parse_pause
+    from agent.etcd.keys import member_as_in_cluster_api, parse_pause
 
     standby = '{"conn_url":"postgres://10.0.0.11:5432/postgres","role":"standby_leader","state":"running"}'
     assert member_as_in_cluster_api("pg1", standby, leader="pg1")["role"] == "standby_leader"

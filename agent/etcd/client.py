@@ -24,8 +24,8 @@ import httpx
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from agent.cluster.keys import KeyValue
-from agent.core.config import read_secret
+from agent.core.config import EtcdConfig, read_secret
+from agent.etcd.keys import KeyValue
 
 log = structlog.get_logger("etcd")
 
@@ -106,6 +106,11 @@ class Etcd:
         self._current = 0
         self._clients: dict[str, etcd3gw.Etcd3Client] = {}
 
+    @classmethod
+    def from_config(cls, cfg: EtcdConfig) -> Etcd:
+        return cls(cfg.endpoints, float(cfg.timeout), float(cfg.watch_deadline), cfg.ca_file, cfg.cert_file,
+                   cfg.key_file, cfg.username, cfg.password_file)
+
     @property
     def endpoint(self) -> str:
         return self.endpoints[self._current]
@@ -179,6 +184,38 @@ class Etcd:
         kvs = [KeyValue(unb64(kv["key"]), unb64(kv.get("value", "")), int(kv["mod_revision"]))
                for kv in r.get("kvs", [])]
         return rev, kvs
+
+    async def get(self, key: str) -> str | None:
+        """Linearizable read of one key's value (None: absent)."""
+        r = await self._post("/kv/range", {"key": b64(key)})
+        kvs = r.get("kvs", [])
+        return unb64(kvs[0].get("value", "")) if kvs else None
+
+    async def create(self, key: str, value: str, lease: int) -> tuple[bool, str | None]:
+        """Put `key` only if absent (txn on create_revision == 0), attached to `lease`:
+        (True, value) when created, else (False, the value that is there)."""
+        k = b64(key)
+        r = await self._post("/kv/txn", {
+            "compare": [{"key": k, "result": "EQUAL", "target": "CREATE", "create_revision": "0"}],
+            "success": [{"request_put": {"key": k, "value": b64(value), "lease": str(lease)}}],
+            "failure": [{"request_range": {"key": k}}]})
+        if r.get("succeeded"):
+            return True, value
+        for resp in r.get("responses", []):
+            for kv in resp.get("response_range", {}).get("kvs", []):
+                return False, unb64(kv.get("value", ""))
+        return False, None
+
+    async def lease_grant(self, ttl: int) -> int:
+        return int((await self._post("/lease/grant", {"TTL": str(ttl)}))["ID"])
+
+    async def lease_keepalive(self, lease: int) -> int:
+        """The lease's remaining TTL after this keepalive; <= 0 once it has expired."""
+        r = await self._post("/lease/keepalive", {"ID": str(lease)})
+        return int(r.get("result", {}).get("TTL", 0))
+
+    async def lease_revoke(self, lease: int) -> None:
+        await self._post("/kv/lease/revoke", {"ID": str(lease)})
 
     async def scope_revisions(self, prefix: str) -> tuple[int, dict[str, int]]:
         """Linearizable keys-only range over a prefix on the current endpoint (the one the watch

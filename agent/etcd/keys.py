@@ -58,6 +58,13 @@ def parse_failover(value: str) -> Failover:
     return Failover(d.get("leader") or None, d.get("member") or None)
 
 
+def failover_pending(value: str | None) -> tuple[bool, str | None]:
+    """(pending, candidate) from the `failover` key. Patroni clears it after a switchover by
+    writing `{}` or an empty value, not by deleting it: only a leader or a member named is news."""
+    f = parse_failover(value) if value else None
+    return (f is not None and (f.leader is not None or f.candidate is not None)), (f.candidate if f else None)
+
+
 def parse_member_role(value: str) -> str:
     try:
         d = json.loads(value)
