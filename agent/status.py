@@ -18,6 +18,7 @@ import anyio
 import httpx
 
 from agent.core.config import Config
+from agent.core.tls import patroni_context
 from agent.etcd.client import Etcd, EtcdUnavailable
 from agent.etcd.keys import Keys, member_as_in_cluster_api, parse_pause
 
@@ -98,8 +99,9 @@ async def fetch_cluster(patroni_url: str, fallback: str, auth: Auth = None, cfg:
     """Patroni's /cluster (or, with `cfg`, its member keys in etcd when the local Patroni does not
     answer), and each member's agent /status fetched concurrently."""
     notes: list[str] = []
+    async with httpx.AsyncClient(verify=patroni_context(cfg.patroni) if cfg else True) as patroni:
+        topo, err = await _get(patroni, f"{patroni_url.rstrip('/')}/cluster")
     async with httpx.AsyncClient() as client:
-        topo, err = await _get(client, f"{patroni_url.rstrip('/')}/cluster")
         if topo is None and cfg is not None:
             notes.append(f"local Patroni unreachable at {patroni_url} ({err}): members read from etcd")
             try:

@@ -14,6 +14,7 @@ from agent.cluster.wake import Waker
 from agent.core.config import ConfigError
 from agent.core.context import Context
 from agent.core.events import PatroniObserved, Role
+from agent.core.tls import patroni_context
 
 log = structlog.get_logger("patroni_api")
 
@@ -33,6 +34,23 @@ def parse_patroni(body: dict[str, Any]) -> PatroniObserved:
                            failsafe_active=bool(body.get("failsafe_mode_is_active", False)))
 
 
+def describe(e: BaseException, url: str) -> str:
+    """One line naming what failed: the first cause with a message (httpx wraps TLS errors, and
+    a server refusing our client certificate may just close the connection: say so)."""
+    chain: list[BaseException] = []
+    x: BaseException | None = e
+    while x is not None and len(chain) < 10:
+        chain.append(x)
+        x = x.__cause__ or x.__context__
+    first = next((c for c in chain if str(c).strip()), None)
+    text = f"{type(first).__name__}: {first}" if first is not None else type(e).__name__
+    cut = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, BrokenPipeError, ConnectionResetError)
+    if url.startswith("https://") and "SSL" not in text and any(isinstance(c, cut) for c in chain):
+        text += (" (the TLS server closed the connection: does it require a client certificate "
+                 "(patroni.cert_file) or refuse this one?)")
+    return text
+
+
 def check_identity(body: dict[str, Any], scope: str, name: str) -> None:
     p = body.get("patroni", {})
     if p.get("scope") and p["scope"] != scope:
@@ -45,7 +63,8 @@ async def run(ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
     started = False
     verified = False
     waker = Waker()
-    async with httpx.AsyncClient() as http, anyio.create_task_group() as tg:
+    tls = patroni_context(ctx.config.patroni)  # a file that cannot be loaded: exit 78 naming the key
+    async with httpx.AsyncClient(verify=tls) as http, anyio.create_task_group() as tg:
         tg.start_soon(waker.follow_leader_events, ctx.bus)
         while True:
             cfg = ctx.config
@@ -59,9 +78,9 @@ async def run(ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
                     check_identity(body, cfg.etcd.scope, cfg.node.name)
                 verified = True
                 ctx.publish(parse_patroni(body))
-            except (httpx.HTTPError, ValueError) as e:
+            except (httpx.HTTPError, OSError, ValueError) as e:  # ssl.SSLError is an OSError
                 if ctx.state.current.patroni_up or not started:
-                    log.warning("patroni_unreachable", url=cfg.patroni.url, error=f"{type(e).__name__}: {e}")
+                    log.warning("patroni_unreachable", url=cfg.patroni.url, error=describe(e, cfg.patroni.url))
                 ctx.publish(PatroniObserved(up=False, role=Role.UNKNOWN))
             if not started:
                 task_status.started()

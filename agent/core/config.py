@@ -87,6 +87,10 @@ class PatroniConfig:
     verify_identity: bool = doc(
         "Refuse to start (exit 78) when /patroni names another scope or member than this config.", True
     )
+    ca_file: str = doc("CA bundle that signed Patroni's certificate (https url); empty: the system's CAs. "
+                       "The certificate is always verified.", "")
+    cert_file: str = doc("Client certificate for Patroni's REST API (restapi.verify_client).", "")
+    key_file: str = doc("Key of cert_file (mode 0600/0640).", "")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -412,7 +416,8 @@ def _check_cron(expr: str, tz: str, key: str) -> None:
 
 
 def _secret_files(cfg: Config) -> list[tuple[str, str]]:
-    out = [("etcd.password_file", cfg.etcd.password_file), ("postgres.password_file", cfg.postgres.password_file)]
+    out = [("etcd.password_file", cfg.etcd.password_file), ("postgres.password_file", cfg.postgres.password_file),
+           ("patroni.key_file", cfg.patroni.key_file)]
     return [(k, v) for k, v in out if v]
 
 

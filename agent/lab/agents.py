@@ -66,6 +66,8 @@ class Agent:
                 f"scope = {_toml_str(scope)}",
                 "[patroni]",
                 f"url = {_toml_str(node.rest_url)}",
+                *([f"ca_file = {_toml_str(str(tls.ca))}", f"cert_file = {_toml_str(str(tls.client_cert))}",
+                   f"key_file = {_toml_str(str(tls.client_key))}"] if (tls := node.settings.tls) else []),
                 "[postgres]",
                 f"host = {_toml_str(str(node.socket_dir))}",
                 f"port = {node.pg_port}",

@@ -17,6 +17,7 @@ from agent.lab import http
 from agent.lab.patroni import PATRONICTL_BIN, PatroniNode, PatroniSettings
 from agent.lab.procs import LabTimeout, pid_alive, pss_kib, wait_until
 from agent.lab.rundir import lab_subdir
+from agent.lab.tls import LabCA
 
 ClusterJSON = dict[str, Any]
 
@@ -31,6 +32,7 @@ class Cluster:
         scope: str = "lab",
         namespace: str = "/service",
         parameters: dict[str, Any] | None = None,
+        tls: LabCA | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.scope = scope
@@ -42,6 +44,7 @@ class Cluster:
             etcd_url=etcd_url,
             archive_dir=self.archive_dir,
             parameters=dict(parameters or {}),
+            tls=tls,
         )
         self.nodes = [PatroniNode(run_dir, f"node{i}", settings) for i in range(1, nodes + 1)]
         self.started_at: float | None = None

@@ -7,11 +7,19 @@ Lab code polls local REST APIs in loops with deadlines; a failed request is an a
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
 
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+_tls: dict[str, urllib.request.OpenerDirector] = {}  # URL prefix -> opener with that server's CA
+
+
+def trust(url_prefix: str, ctx: ssl.SSLContext) -> None:
+    """Use `ctx` (a lab CA, maybe a client certificate) for URLs starting with `url_prefix`."""
+    _tls[url_prefix] = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                                   urllib.request.HTTPSHandler(context=ctx))
 
 
 def request(method: str, url: str, body: Any = None, timeout: float = 2.0,
@@ -22,7 +30,8 @@ def request(method: str, url: str, body: Any = None, timeout: float = 2.0,
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with _opener.open(req, timeout=timeout) as resp:
+        opener = next((o for prefix, o in _tls.items() if url.startswith(prefix)), _opener)
+        with opener.open(req, timeout=timeout) as resp:
             return resp.status, _decode(resp.read())
     except urllib.error.HTTPError as e:
         return e.code, _decode(e.read())

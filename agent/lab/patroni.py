@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from agent.lab import http
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, chown_to_lab_user, descendants, pid_alive, signal_pids, wait_until
 from agent.lab.rundir import lab_subdir
+from agent.lab.tls import LabCA
 from agent.status import AGENT_TAG
 
 PATRONI_BIN = Path("/opt/pg-node-agent-lab/patroni-venv/bin/patroni")
@@ -47,6 +49,7 @@ class PatroniSettings:
     loop_wait: int = 2
     retry_timeout: int = 3
     parameters: dict[str, Any] = field(default_factory=dict)
+    tls: LabCA | None = None  # REST API over HTTPS with client certificates required
 
 
 class PatroniNode:
@@ -62,6 +65,10 @@ class PatroniNode:
         self.agent_port = free_port()
         self.config_path = self.dir / "patroni.yml"
         self._write_config()
+        if settings.tls is not None:  # the lab's own REST calls (readiness, switchover) use the lab CA
+            ctx = ssl.create_default_context(cafile=str(settings.tls.ca))
+            ctx.load_cert_chain(settings.tls.client_cert, settings.tls.client_key)
+            http.trust(self.rest_url, ctx)
         self.patroni_proc = Proc(
             f"patroni-{name}",
             [str(PATRONI_BIN), str(self.config_path)],
@@ -74,7 +81,16 @@ class PatroniNode:
 
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"{'https' if self.settings.tls else 'http'}://127.0.0.1:{self.rest_port}"
+
+    def _restapi(self) -> dict[str, Any]:
+        api: dict[str, Any] = {"listen": f"127.0.0.1:{self.rest_port}",
+                               "connect_address": f"127.0.0.1:{self.rest_port}"}
+        tls = self.settings.tls
+        if tls is not None:
+            api.update(certfile=str(tls.server_cert), keyfile=str(tls.server_key), cafile=str(tls.ca),
+                       verify_client="required")
+        return api
 
     def _config(self) -> dict[str, Any]:
         s = self.settings
@@ -84,10 +100,10 @@ class PatroniNode:
             "namespace": s.namespace.rstrip("/") + "/",
             "name": self.name,
             "log": {"level": "INFO"},
-            "restapi": {
-                "listen": f"127.0.0.1:{self.rest_port}",
-                "connect_address": f"127.0.0.1:{self.rest_port}",
-            },
+            "restapi": self._restapi(),
+            # Patroni's own calls to other members (and patronictl) present a certificate too
+            **({"ctl": {"certfile": str(s.tls.server_cert), "keyfile": str(s.tls.server_key),
+                        "cacert": str(s.tls.ca)}} if s.tls else {}),
             "etcd3": {"hosts": [u.removeprefix("http://") for u in s.etcd_url.split(",")]},
             "bootstrap": {
                 "dcs": {

@@ -29,6 +29,7 @@ from agent.core.events import (
     Role,
 )
 from agent.core.state import NodeState, reduce
+from agent.core.tls import patroni_context
 from agent.etcd.client import Etcd, EtcdUnavailable
 from agent.etcd.keys import Keys, failover_pending
 from agent.repack import candidates, guards, windows
@@ -60,7 +61,8 @@ async def _etcd_events(cfg: Config) -> list[Event]:
 
 def _patroni_event(cfg: Config) -> Event:
     try:
-        r = httpx.get(f"{cfg.patroni.url.rstrip('/')}/patroni", timeout=float(cfg.patroni.timeout))
+        r = httpx.get(f"{cfg.patroni.url.rstrip('/')}/patroni", timeout=float(cfg.patroni.timeout),
+                      verify=patroni_context(cfg.patroni))
         body: dict[str, Any] = r.json()
     except (httpx.HTTPError, ValueError):
         return PatroniObserved(up=False, role=Role.UNKNOWN)

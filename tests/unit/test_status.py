@@ -146,3 +146,17 @@ async def test_an_unusable_agent_url_is_a_problem_not_a_traceback() -> None:
     async with httpx.AsyncClient() as client:
         body, err = await _get(client, "http://10.0.0.1:abc/status")
     assert body is None and err.startswith("InvalidURL")
+
+
+def test_patroni_error_names_the_tls_cause() -> None:
+    import ssl
+
+    import httpx
+
+    from agent.cluster.patroni_api import describe
+
+    wrapped = httpx.ConnectError("")
+    wrapped.__cause__ = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    assert "CERTIFICATE_VERIFY_FAILED" in describe(wrapped, "https://127.0.0.1:8008")
+    assert "client certificate" in describe(httpx.ReadError(""), "https://127.0.0.1:8008")
+    assert describe(httpx.ReadError(""), "http://127.0.0.1:8008") == "ReadError"
