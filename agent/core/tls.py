@@ -1,4 +1,4 @@
-"""TLS client contexts for the agent's HTTPS peers (Patroni's REST API): verification on by
+"""TLS client contexts for the agent's HTTPS peers (Patroni's REST API, etcd): verification on by
 default, a private CA and a client certificate when configured; relative paths are looked up in
 $CREDENTIALS_DIRECTORY (systemd LoadCredential=)."""
 
@@ -9,17 +9,21 @@ import ssl
 from agent.core.config import ConfigError, PatroniConfig, resolve_secret_path
 
 
-def patroni_context(cfg: PatroniConfig) -> ssl.SSLContext:
-    """Raises ConfigError naming the key of a file that cannot be loaded."""
+def client_context(ca_file: str, cert_file: str, key_file: str, section: str) -> ssl.SSLContext:
+    """Raises ConfigError naming `<section>.<key>` of a file that cannot be loaded."""
     try:
-        ctx = ssl.create_default_context(cafile=str(resolve_secret_path(cfg.ca_file)) if cfg.ca_file else None)
+        ctx = ssl.create_default_context(cafile=str(resolve_secret_path(ca_file)) if ca_file else None)
     except (OSError, ssl.SSLError) as e:
-        raise ConfigError("patroni.ca_file", f"cannot load {cfg.ca_file}: {e}") from None
-    if cfg.cert_file:
-        if not cfg.key_file:
-            raise ConfigError("patroni.key_file", "required with patroni.cert_file")
+        raise ConfigError(f"{section}.ca_file", f"cannot load {ca_file}: {e}") from None
+    if cert_file:
+        if not key_file:
+            raise ConfigError(f"{section}.key_file", f"required with {section}.cert_file")
         try:
-            ctx.load_cert_chain(resolve_secret_path(cfg.cert_file), resolve_secret_path(cfg.key_file))
+            ctx.load_cert_chain(resolve_secret_path(cert_file), resolve_secret_path(key_file))
         except (OSError, ssl.SSLError) as e:
-            raise ConfigError("patroni.cert_file", f"cannot load {cfg.cert_file} / {cfg.key_file}: {e}") from None
+            raise ConfigError(f"{section}.cert_file", f"cannot load {cert_file} / {key_file}: {e}") from None
     return ctx
+
+
+def patroni_context(cfg: PatroniConfig) -> ssl.SSLContext:
+    return client_context(cfg.ca_file, cfg.cert_file, cfg.key_file, "patroni")

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import random
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,8 @@ import httpx
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from agent.core.config import EtcdConfig, read_secret
+from agent.core.config import EtcdConfig, read_secret, resolve_secret_path
+from agent.core.tls import client_context
 from agent.etcd.keys import KeyValue
 
 log = structlog.get_logger("etcd")
@@ -103,13 +105,20 @@ class Etcd:
         self.timeout = timeout
         self.watch_deadline = watch_deadline
         self._tls = (ca_file, cert_file, key_file)
+        self._ctx: ssl.SSLContext | None = None
         self._current = 0
         self._clients: dict[str, etcd3gw.Etcd3Client] = {}
 
     @classmethod
     def from_config(cls, cfg: EtcdConfig) -> Etcd:
-        return cls(cfg.endpoints, float(cfg.timeout), float(cfg.watch_deadline), cfg.ca_file, cfg.cert_file,
-                   cfg.key_file, cfg.username, cfg.password_file)
+        ca, cert, key = (str(resolve_secret_path(f)) if f else "" for f in (cfg.ca_file, cfg.cert_file, cfg.key_file))
+        return cls(cfg.endpoints, float(cfg.timeout), float(cfg.watch_deadline), ca, cert, key, cfg.username,
+                   cfg.password_file)
+
+    def _ssl(self) -> ssl.SSLContext:
+        if self._ctx is None:
+            self._ctx = client_context(*self._tls, "etcd")
+        return self._ctx
 
     @property
     def endpoint(self) -> str:
@@ -133,9 +142,12 @@ class Etcd:
 
     async def _call(self, c: etcd3gw.Etcd3Client, path: str, body: dict[str, Any],
                     headers: dict[str, str] | None = None) -> Any:
+        ca, cert, key = self._tls
+        # per request: requests lets REQUESTS_CA_BUNDLE override a session's `verify` (psf/requests#3829)
+        tls: dict[str, Any] = {"verify": ca or True, "cert": (cert, key) if cert else None}
         with anyio.fail_after(self.timeout + 1):
             return await anyio.to_thread.run_sync(
-                functools.partial(c.post, c.get_url(path), json=body, headers=headers), abandon_on_cancel=True)
+                functools.partial(c.post, c.get_url(path), json=body, headers=headers, **tls), abandon_on_cancel=True)
 
     async def auth_headers(self) -> dict[str, str]:
         """The gateway takes an RBAC token from /v3/auth/authenticate in `Authorization`. One
@@ -154,7 +166,7 @@ class Etcd:
 
     def token_rejected(self, error: object) -> bool:
         """Forget the token if `error` is etcd refusing it; True then (log in again and retry)."""
-        text = f"{error} {getattr(error, 'detail_text', '')}"  # etcd3gw keeps etcd's body in detail_text
+        text = _text(error) if isinstance(error, BaseException) else str(error)
         if self._token is None or not any(m in text for m in AUTH_REJECTED):
             return False
         self._token = None
@@ -172,7 +184,7 @@ class Etcd:
                 except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError, KeyError) as e:
                     if self.token_rejected(e) and not _attempt:
                         continue
-                    errors.append(f"{self.endpoint}: {type(e).__name__}: {str(e)[:120]}")
+                    errors.append(f"{self.endpoint}: {type(e).__name__}: {_text(e)[:200]}")
                     break
             self.rotate()
         raise EtcdUnavailable("; ".join(errors))
@@ -239,11 +251,9 @@ class Etcd:
         except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError, KeyError) as e:
             raise WatchDied(f"authentication failed: {type(e).__name__}", "connect") from None
         send, recv = anyio.create_memory_object_stream[WatchEvent | WatchDied](16)
-        ca, cert, key = self._tls
         timeout = httpx.Timeout(self.timeout, read=None)
         failure: Exception | None = None
-        async with httpx.AsyncClient(timeout=timeout, verify=ca or True,
-                                     cert=(cert, key) if cert else None) as http, anyio.create_task_group() as tg:
+        async with httpx.AsyncClient(timeout=timeout, verify=self._ssl()) as http, anyio.create_task_group() as tg:
             tg.start_soon(self._read, http, body, {**headers, **REQUIRE_LEADER}, send)
             try:
                 yield recv
@@ -273,6 +283,11 @@ class Etcd:
                 await send.send(WatchDied(f"{type(e).__name__}: {e}", "connect"))
             except httpx.HTTPError as e:
                 await send.send(WatchDied(f"{type(e).__name__}: {e}", "http"))
+
+
+def _text(e: BaseException) -> str:
+    """etcd3gw keeps the server's answer (or the transport error) in `detail_text`, not in str()."""
+    return " ".join(t for t in (str(e), str(getattr(e, "detail_text", "") or "")) if t.strip())
 
 
 def _reason(text: str, default: str) -> str:

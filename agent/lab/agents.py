@@ -33,6 +33,7 @@ class Agent:
         scope: str,
         namespace: str = "/service",
         extra_toml: str = "",
+        etcd_toml: str = "",
     ) -> None:
         self.name = node.name
         self.node = node
@@ -41,7 +42,8 @@ class Agent:
         self.state_dir.mkdir(exist_ok=True)
         self.config_path = run_dir / f"agent-{node.name}.toml"
         self.config_path.write_text(
-            self.render_config(node, etcd_endpoints, scope=scope, namespace=namespace) + extra_toml
+            self.render_config(node, etcd_endpoints, scope=scope, namespace=namespace, etcd_toml=etcd_toml)
+            + extra_toml
         )
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
@@ -54,7 +56,8 @@ class Agent:
             accessible=self.healthy,
         )
 
-    def render_config(self, node: PatroniNode, endpoints: list[str], *, scope: str, namespace: str) -> str:
+    def render_config(self, node: PatroniNode, endpoints: list[str], *, scope: str, namespace: str,
+                      etcd_toml: str = "") -> str:
         return "\n".join(
             [
                 "[node]",
@@ -64,6 +67,7 @@ class Agent:
                 "endpoints = [" + ", ".join(_toml_str(e) for e in endpoints) + "]",
                 f"namespace = {_toml_str(namespace)}",
                 f"scope = {_toml_str(scope)}",
+                *etcd_toml.splitlines(),  # TLS, RBAC
                 "[patroni]",
                 f"url = {_toml_str(node.rest_url)}",
                 *([f"ca_file = {_toml_str(str(tls.ca))}", f"cert_file = {_toml_str(str(tls.client_cert))}",
@@ -114,7 +118,8 @@ class Agents:
     """One agent per node of `cluster`, started together, each waited for on GET /health."""
 
     def __init__(
-        self, run_dir: Path, cluster: Cluster, etcd_endpoints: list[str], extra_toml: str = ""
+        self, run_dir: Path, cluster: Cluster, etcd_endpoints: list[str], extra_toml: str = "",
+        etcd_toml: str = "",
     ) -> None:
         self.agents = [
             Agent(
@@ -124,6 +129,7 @@ class Agents:
                 scope=cluster.scope,
                 namespace=cluster.namespace,
                 extra_toml=extra_toml,
+                etcd_toml=etcd_toml,
             )
             for n in cluster.nodes
         ]

@@ -33,6 +33,8 @@ class Cluster:
         namespace: str = "/service",
         parameters: dict[str, Any] | None = None,
         tls: LabCA | None = None,
+        etcd_tls: LabCA | None = None,
+        etcd_user: tuple[str, str] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.scope = scope
@@ -45,6 +47,8 @@ class Cluster:
             archive_dir=self.archive_dir,
             parameters=dict(parameters or {}),
             tls=tls,
+            etcd_tls=etcd_tls,
+            etcd_user=etcd_user,
         )
         self.nodes = [PatroniNode(run_dir, f"node{i}", settings) for i in range(1, nodes + 1)]
         self.started_at: float | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from agent.lab import http
 from agent.lab.netns import Netns
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, wait_until
+from agent.lab.tls import LabCA
 
 ETCD_BIN = "/usr/bin/etcd"
 
@@ -32,17 +34,18 @@ class Etcd:
     def __init__(self, run_dir: Path, name: str = "etcd", *, peer_port: int | None = None,
                  peers: dict[str, str] | None = None, progress_notify: str = "",
                  host: str = "127.0.0.1", peer_host: str = "127.0.0.1", netns: Netns | None = None,
-                 auth_token_ttl: int = 0) -> None:
+                 auth_token_ttl: int = 0, tls: LabCA | None = None) -> None:
         self.name = name
         self.progress_notify = progress_notify
         self.auth: tuple[str, str] | None = None  # root's (user, password) once enable_rbac() ran
         self.host = host
+        self.tls = tls
         self.client_port = free_port()
         self.peer_port = peer_port or free_port()
         self.data_dir = run_dir / f"{name}-data"
         self.log_path = run_dir / f"{name}.log"
         client = self.url
-        peer = f"http://{peer_host}:{self.peer_port}"
+        peer = f"{'https' if tls else 'http'}://{peer_host}:{self.peer_port}"
         members = peers or {name: peer}
         initial = ",".join(f"{n}={u}" for n, u in members.items())
         token = f"lab-{sorted(members.values())[0].rsplit(':', 1)[1]}"  # one per cluster, not per member
@@ -63,11 +66,19 @@ class Etcd:
             argv.append(f"--experimental-watch-progress-notify-interval={progress_notify}")
         if auth_token_ttl:  # simple tokens expire after this many idle seconds (default 300)
             argv += ["--auth-token-ttl", str(auth_token_ttl)]
+        if tls is not None:  # clients and peers on TLS, both with certificates required
+            cert, key, ca = str(tls.server_cert), str(tls.server_key), str(tls.ca)
+            argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca, "--client-cert-auth",
+                     "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca,
+                     "--peer-client-cert-auth"]
+            ctx = ssl.create_default_context(cafile=ca)
+            ctx.load_cert_chain(tls.client_cert, tls.client_key)
+            http.trust(self.url, ctx)
         self.proc = Proc(name, argv, self.log_path, accessible=self.healthy)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.client_port}"
 
     @property
     def pid(self) -> int | None:
@@ -100,7 +111,9 @@ class Etcd:
     # --- RBAC (etcdctl, as an operator would) ---
 
     def etcdctl(self, *args: str, user: str = "") -> str:
-        argv = ["etcdctl", f"--endpoints={self.url}", *(["--user", user] if user else []), *args]
+        tls = (["--cacert", str(self.tls.ca), "--cert", str(self.tls.client_cert), "--key", str(self.tls.client_key)]
+               if self.tls else [])
+        argv = ["etcdctl", f"--endpoints={self.url}", *tls, *(["--user", user] if user else []), *args]
         r = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30,
                            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
         return r.stdout
@@ -186,16 +199,16 @@ class EtcdCluster:
     cuts it off from its peers: it runs on without a leader while its clients still reach it."""
 
     def __init__(self, run_dir: Path, size: int = 3, name: str = "etcd", progress_notify: str = "",
-                 partitionable: bool = False) -> None:
+                 partitionable: bool = False, tls: LabCA | None = None) -> None:
         self.netns = Netns() if partitionable else None
         ports = {f"{name}{i}": free_port() for i in range(1, size + 1)}
         ns = self.netns
         hosts = {n: ("127.0.0.1" if ns is None else ns.inner_peer if i == 0 else ns.outer_peer)
                  for i, n in enumerate(ports)}
-        peers = {n: f"http://{hosts[n]}:{p}" for n, p in ports.items()}
+        peers = {n: f"{'https' if tls else 'http'}://{hosts[n]}:{p}" for n, p in ports.items()}
         self.members = [Etcd(run_dir, n, peer_port=p, peers=peers, progress_notify=progress_notify,
                              host=ns.inner if ns and i == 0 else "127.0.0.1", peer_host=hosts[n],
-                             netns=ns if i == 0 else None)
+                             netns=ns if i == 0 else None, tls=tls)
                         for i, (n, p) in enumerate(ports.items())]
 
     def partition(self) -> Etcd:

@@ -50,6 +50,8 @@ class PatroniSettings:
     retry_timeout: int = 3
     parameters: dict[str, Any] = field(default_factory=dict)
     tls: LabCA | None = None  # REST API over HTTPS with client certificates required
+    etcd_tls: LabCA | None = None  # etcd's client URLs are https with client certificates required
+    etcd_user: tuple[str, str] | None = None  # etcd RBAC (user, password)
 
 
 class PatroniNode:
@@ -83,6 +85,16 @@ class PatroniNode:
     def rest_url(self) -> str:
         return f"{'https' if self.settings.tls else 'http'}://127.0.0.1:{self.rest_port}"
 
+    def _etcd3(self) -> dict[str, Any]:
+        s = self.settings
+        etcd: dict[str, Any] = {"hosts": [u.split("://", 1)[-1] for u in s.etcd_url.split(",")]}
+        if s.etcd_tls is not None:
+            etcd.update(protocol="https", cacert=str(s.etcd_tls.ca), cert=str(s.etcd_tls.client_cert),
+                        key=str(s.etcd_tls.client_key))
+        if s.etcd_user is not None:
+            etcd.update(username=s.etcd_user[0], password=s.etcd_user[1])
+        return etcd
+
     def _restapi(self) -> dict[str, Any]:
         api: dict[str, Any] = {"listen": f"127.0.0.1:{self.rest_port}",
                                "connect_address": f"127.0.0.1:{self.rest_port}"}
@@ -104,7 +116,7 @@ class PatroniNode:
             # Patroni's own calls to other members (and patronictl) present a certificate too
             **({"ctl": {"certfile": str(s.tls.server_cert), "keyfile": str(s.tls.server_key),
                         "cacert": str(s.tls.ca)}} if s.tls else {}),
-            "etcd3": {"hosts": [u.removeprefix("http://") for u in s.etcd_url.split(",")]},
+            "etcd3": self._etcd3(),
             "bootstrap": {
                 "dcs": {
                     "ttl": s.ttl,

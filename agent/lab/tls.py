@@ -51,13 +51,16 @@ class LabCA:
                                 ("client", "clientAuth", "DNS:pg-node-agent")):
             ext = directory / f"{who}.ext"
             ext.write_text(f"subjectAltName={san}\nextendedKeyUsage={usage}\n")
+            # no CN on the client certificate: etcd's gateway refuses (400) a client certificate with a
+            # CommonName when --client-cert-auth is on ("will be ignored and not used as expected")
+            subj = f"/CN={name}-server" if who == "server" else f"/O={name}-client"
             _openssl("req", *_KEY, "-keyout", str(directory / f"{who}.key"), "-out", str(directory / f"{who}.csr"),
-                     "-subj", f"/CN={name}-{who}")
+                     "-subj", subj)
             _openssl("x509", "-req", "-in", str(directory / f"{who}.csr"), "-CA", str(d.ca), "-CAkey",
                      str(directory / "ca.key"), "-CAcreateserial", "-out", str(directory / f"{who}.crt"),
                      "-days", "2", "-extfile", str(ext))
             (directory / f"{who}.key").chmod(0o600)
         chown_to_lab_user(directory)
-        for p in (d.ca, d.server_cert, d.server_key):
+        for p in (d.ca, d.server_cert, d.server_key, d.client_cert, d.client_key):  # Patroni runs as the lab user
             chown_to_lab_user(p)
         return d
