@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from agent.lab import http
-from agent.lab.patroni import PATRONICTL_BIN, PatroniNode, PatroniSettings
+from agent.lab.patroni import PATRONI_BIN, PatroniNode, PatroniSettings
 from agent.lab.procs import LabTimeout, pid_alive, pss_kib, wait_until
 from agent.lab.rundir import lab_subdir
 from agent.lab.tls import LabCA
@@ -35,6 +35,7 @@ class Cluster:
         tls: LabCA | None = None,
         etcd_tls: LabCA | None = None,
         etcd_user: tuple[str, str] | None = None,
+        patroni_bin: Path = PATRONI_BIN,
     ) -> None:
         self.run_dir = run_dir
         self.scope = scope
@@ -49,6 +50,7 @@ class Cluster:
             tls=tls,
             etcd_tls=etcd_tls,
             etcd_user=etcd_user,
+            patroni_bin=patroni_bin,
         )
         self.nodes = [PatroniNode(run_dir, f"node{i}", settings) for i in range(1, nodes + 1)]
         self.started_at: float | None = None
@@ -203,7 +205,7 @@ class Cluster:
 
     def patronictl_argv(self, *args: str, node: PatroniNode | None = None) -> list[str]:
         cfg = (node or self.nodes[0]).config_path
-        return [str(PATRONICTL_BIN), "-c", str(cfg), *args]
+        return [str(self.nodes[0].settings.patroni_bin.with_name("patronictl")), "-c", str(cfg), *args]
 
     # --- SQL ---
 

