@@ -36,6 +36,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -71,13 +72,21 @@ def hostport(url: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- helper roles
 
 
-def role_watch(url: str, key: str) -> None:
+def tls_context(tls_dir: str) -> ssl.SSLContext:
+    """The lab CA's context with its client certificate (`agent.lab.tls.LabCA` file names)."""
+    ctx = ssl.create_default_context(cafile=f"{tls_dir}/ca.crt")
+    ctx.load_cert_chain(f"{tls_dir}/client.crt", f"{tls_dir}/client.key")
+    return ctx
+
+
+def role_watch(url: str, key: str, tls_dir: str = "") -> None:
     """Bare v3 watch consumer: raw socket, HTTP/1.1 chunked decoding by hand, one JSON per line.
     Prints `ready` once the watch is created, then `<mono_ns> <value>` per PUT on `key`."""
     host, port = hostport(url)
     body = json.dumps({"create_request": {"key": b64(key)}}).encode()
-    sock = socket.create_connection((host, port))
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    raw = socket.create_connection((host, port))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = tls_context(tls_dir).wrap_socket(raw, server_hostname=host) if url.startswith("https") else raw
     sock.sendall(
         b"POST /v3/watch HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n" % (host.encode(), port, len(body)) + body
@@ -333,9 +342,10 @@ def print_table(rows: list[Row], n_expected: int) -> None:
 class V3Put:
     """Puts through the v3 gateway over one keep-alive connection (no connect in the timed path)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, tls_dir: str = "") -> None:
         host, port = hostport(url)
-        self.conn = http.client.HTTPConnection(host, port, timeout=5)
+        self.conn = (http.client.HTTPSConnection(host, port, timeout=5, context=tls_context(tls_dir))
+                     if url.startswith("https") else http.client.HTTPConnection(host, port, timeout=5))
 
     def put(self, key: str, value: str) -> None:
         body = json.dumps({"key": b64(key), "value": b64(value)})
@@ -346,13 +356,15 @@ class V3Put:
             raise RuntimeError(f"put -> {r.status}")
 
 
-def agent_config(run_dir: Path, etcd_url: str, port: int) -> Path:
+def agent_config(run_dir: Path, etcd_url: str, port: int, tls_dir: str = "") -> Path:
     from agent.lab.ports import free_port
 
-    cfg = run_dir / "agent.toml"
+    cfg = run_dir / f"agent-{port}.toml"
+    tls = (f'ca_file = "{tls_dir}/ca.crt"\ncert_file = "{tls_dir}/client.crt"\nkey_file = "{tls_dir}/client.key"\n'
+           if tls_dir else "")
     cfg.write_text(
-        f'[node]\nname = "node1"\nstate_dir = "{run_dir}/agent-state"\n'
-        f'[etcd]\nscope = "{SCOPE}"\nendpoints = ["{etcd_url}"]\nwatch_deadline = "3s"\n'
+        f'[node]\nname = "node1"\nstate_dir = "{run_dir}/agent-state-{port}"\n'
+        f'[etcd]\nscope = "{SCOPE}"\nendpoints = ["{etcd_url}"]\nwatch_deadline = "3s"\n{tls}'
         f'[patroni]\nurl = "http://127.0.0.1:{free_port()}"\n'
         f'[postgres]\nhost = "{run_dir}"\nport = {free_port()}\n'
         f"[sampler]\nenabled = false\n[archive]\nenabled = false\n"
@@ -399,22 +411,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def v3_phase(args: argparse.Namespace, cl: Cleanup, run_dir: Path) -> dict[str, Row]:
+ETCD_VARIANTS = ("defaults", "progress-1s", "tls")
+
+
+def v3_phase(args: argparse.Namespace, cl: Cleanup, run_dir: Path, variant: str = "defaults") -> dict[str, Row]:
+    """One run against an etcd with production defaults, with progress notifications every 1 s,
+    or with TLS for clients and peers and client certificates required (lab CA)."""
     from agent.lab.etcd import Etcd
     from agent.lab.ports import free_port
+    from agent.lab.tls import LabCA
 
-    etcd = Etcd(run_dir)
+    tls_dir = str(LabCA.create(run_dir / f"tls-{variant}").dir) if variant == "tls" else ""
+    etcd = Etcd(run_dir, f"etcd-{variant}", progress_notify="1s" if variant == "progress-1s" else "",
+                tls=LabCA(Path(tls_dir)) if tls_dir else None)
     etcd.start()
     cl.procs.append(("etcd", etcd.proc.popen))  # type: ignore[arg-type]
-    putter = V3Put(etcd.url)
+    putter = V3Put(etcd.url, tls_dir)
     putter.put(LEADER_KEY, "member-init")
 
     # the agent
     port = free_port()
     agent_url = f"http://127.0.0.1:{port}"
-    cfg = agent_config(run_dir, etcd.url, port)
+    cfg = agent_config(run_dir, etcd.url, port, tls_dir)
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-    agent = cl.spawn("agent", [sys.executable, "-m", "agent", "-c", str(cfg), "run"], run_dir / "agent.log",
+    agent = cl.spawn("agent", [sys.executable, "-m", "agent", "-c", str(cfg), "run"], run_dir / f"agent-{variant}.log",
                      cwd=ROOT, env=env)
     wait_for(lambda: (s := http_json(agent_url + "/status")).get("ready") and s["state"].get("dcs_up")
              and s["state"].get("leader") == "member-init", 30, "agent ready with leader member-init")
@@ -423,7 +443,7 @@ def v3_phase(args: argparse.Namespace, cl: Cleanup, run_dir: Path) -> dict[str, 
     me = Path(__file__).resolve()
 
     # 1. bare watch (own process)
-    bare = cl.spawn("bare-watch", [sys.executable, str(me), "_watch", etcd.url, LEADER_KEY],
+    bare = cl.spawn("bare-watch", [sys.executable, str(me), "_watch", etcd.url, LEADER_KEY, tls_dir],
                     stdout=subprocess.PIPE)
     ready = threading.Event()
 
@@ -444,7 +464,9 @@ def v3_phase(args: argparse.Namespace, cl: Cleanup, run_dir: Path) -> dict[str, 
     if etcdctl is None:
         print("etcdctl: not installed (Debian etcd-client) -- skipped")
     else:
-        ectl = cl.spawn("etcdctl", [etcdctl, "--endpoints", etcd.url, "watch", LEADER_KEY],
+        certs = ["--cacert", f"{tls_dir}/ca.crt", "--cert", f"{tls_dir}/client.crt", "--key",
+                 f"{tls_dir}/client.key"] if tls_dir else []
+        ectl = cl.spawn("etcdctl", [etcdctl, "--endpoints", etcd.url, *certs, "watch", LEADER_KEY],
                         stdout=subprocess.PIPE, env={**os.environ, "ETCDCTL_API": "3"})
         reader(ectl.stdout, lambda t, line: seen.record("etcdctl watch", line.strip(), t))  # type: ignore[arg-type]
         consumers.insert(1, "etcdctl watch")
@@ -706,6 +728,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--scrape-interval", type=float, default=0.0,
                     help="sleep between /metrics scrapes, s (default 0: tight loop)")
     ap.add_argument("--keep", action="store_true", help="keep the run directory (logs) even on success")
+    ap.add_argument("--etcd", default="defaults,tls",
+                    help="comma-separated etcd variants, one v3 run each: defaults (production settings),\n"
+                         "progress-1s (--experimental-watch-progress-notify-interval=1s), tls (client\n"
+                         "and peer TLS, client certificates required); default: defaults,tls")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
@@ -721,8 +747,11 @@ def main(argv: list[str]) -> int:
     ok = False
     try:
         print(f"run dir {run_dir}; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}", flush=True)
-        rows = v3_phase(args, cl, run_dir)
-        agent_info = json.loads(rows.pop("_agent").note)
+        variants = [v.strip() for v in args.etcd.split(",") if v.strip()]
+        bad = [v for v in variants if v not in ETCD_VARIANTS]
+        if bad or not variants:
+            raise SystemExit(f"--etcd: unknown variant(s) {bad}; choose from {', '.join(ETCD_VARIANTS)}")
+        runs = {v: v3_phase(args, cl, run_dir, v) for v in variants}
         vip_rows: dict[str, Row] = {}
         if args.skip_vip_manager:
             print("vip-manager: skipped (--skip-vip-manager)")
@@ -740,24 +769,28 @@ def main(argv: list[str]) -> int:
                  "agent scrape start", "agent /metrics", "agent state -> /metrics", "revealing scrape duration",
                  "scrape duration",
                  "scrape <20ms after put", "scrape otherwise"]
-        table = [rows[k] for k in order if k in rows] + list(vip_rows.values())
-        print_table(table, 0)
-        bare, agent = rows["bare watch"], rows["agent /metrics"]
-        print("\nratios")
-        held = "HELD" if agent.p(99) <= 2 * bare.p(99) else "NOT HELD"
-        print(f"  agent /metrics / bare watch   p50 {agent.p(50) / bare.p(50):6.2f}x   "
-              f"p99 {agent.p(99) / bare.p(99):6.2f}x   (guarantee: p99 <= 2x -> {held})")
-        st = rows["agent state (observed_ts)"]
-        if st.ms:
-            print(f"  agent state / bare watch      p50 {st.p(50) / bare.p(50):6.2f}x   "
-                  f"p99 {st.p(99) / bare.p(99):6.2f}x")
-        for r in vip_rows.values():
-            if r.ms:
-                print(f"  {r.name} / agent /metrics  p50 {r.p(50) / agent.p(50):6.0f}x   "
-                      f"p99 {r.p(99) / agent.p(99):6.0f}x")
-        a = agent_info
-        print(f"\nagent pid {a['pid']}: VmRSS {a['VmRSS']} (before the changes {a['VmRSS_before']}),"
-              f" VmHWM {a['VmHWM']}, CPU {a['cpu_s']} s over {a['elapsed_s']} s of changes")
+        for variant, rows in runs.items():
+            agent_info = json.loads(rows.pop("_agent").note)
+            print(f"\n=== etcd: {variant} ===")
+            table = [rows[k] for k in order if k in rows] + (list(vip_rows.values()) if variant == variants[0] else [])
+            print_table(table, 0)
+            bare, agent = rows["bare watch"], rows["agent /metrics"]
+            print("\nratios")
+            held = "HELD" if agent.p(99) <= 2 * bare.p(99) else "NOT HELD"
+            print(f"  agent /metrics / bare watch   p50 {agent.p(50) / bare.p(50):6.2f}x   "
+                  f"p99 {agent.p(99) / bare.p(99):6.2f}x   (guarantee: p99 <= 2x -> {held})")
+            st = rows["agent state (observed_ts)"]
+            if st.ms:
+                print(f"  agent state / bare watch      p50 {st.p(50) / bare.p(50):6.2f}x   "
+                      f"p99 {st.p(99) / bare.p(99):6.2f}x")
+            if variant == variants[0]:
+                for r in vip_rows.values():
+                    if r.ms:
+                        print(f"  {r.name} / agent /metrics  p50 {r.p(50) / agent.p(50):6.0f}x   "
+                              f"p99 {r.p(99) / agent.p(99):6.0f}x")
+            a = agent_info
+            print(f"\nagent pid {a['pid']}: VmRSS {a['VmRSS']} (before the changes {a['VmRSS_before']}),"
+                  f" VmHWM {a['VmHWM']}, CPU {a['cpu_s']} s over {a['elapsed_s']} s of changes")
         ok = True
     except KeyboardInterrupt:
         print("\ninterrupted: cleaning up", file=sys.stderr)
@@ -776,7 +809,7 @@ if __name__ == "__main__":
         role, rest = sys.argv[1], sys.argv[2:]
         with contextlib.suppress(KeyboardInterrupt, BrokenPipeError):
             if role == "_watch":
-                role_watch(rest[0], rest[1])
+                role_watch(rest[0], rest[1], *rest[2:3])
             elif role == "_scrape":
                 role_scrape(rest[0], float(rest[1]))
             elif role == "_v2put":
