@@ -16,7 +16,16 @@ from prometheus_client import Counter, Gauge
 from agent.cluster.cache import KeyCache, KeyChange
 from agent.core.context import Context
 from agent.core.events import DcsAvailability, FailoverPending, LeaderChanged, MembersChanged
-from agent.etcd.client import WATCH_REASONS, Compacted, Etcd, EtcdUnavailable, WatchDied, WatchEvent, backoff
+from agent.etcd.client import (
+    WATCH_REASONS,
+    Compacted,
+    Etcd,
+    EtcdUnavailable,
+    WatchDied,
+    WatchEvent,
+    backoff,
+    restart_reason,
+)
 from agent.etcd.keys import Keys, failover_pending, parse_member_role
 
 log = structlog.get_logger("cluster_watch")
@@ -123,10 +132,14 @@ class ClusterWatch:
         start = self.cache.revision + 1
         created = False
         suspect = ""  # what etcd has that the stream has not delivered yet
+        # the stream is trusted for watch_deadline after an event or a check; progress notifications
+        # do not extend that: a member cut off from its peers keeps sending them
+        trusted = anyio.current_time()
         async with self.etcd.watch_prefix(self.keys.prefix, start) as stream:
             while True:
                 msg: WatchEvent | WatchDied | None = None
-                with anyio.move_on_after(GRACE if suspect else self.etcd.watch_deadline):
+                left = GRACE if suspect else trusted + self.etcd.watch_deadline - anyio.current_time()
+                with anyio.move_on_after(max(0.0, left)):
                     try:
                         msg = await stream.receive()
                     except anyio.EndOfStream:
@@ -144,11 +157,15 @@ class ClusterWatch:
                         e.established = True
                         raise e
                     suspect = await self._missed()
+                    if not suspect:
+                        trusted = anyio.current_time()
                     continue
                 if not created and not self.ctx.state.current.dcs_up:
                     # back after an outage: the replay of what happened meanwhile follows `created`;
                     # the DCS is up (and the leader known) only once it is applied
                     self._behind = (await self._scope_revisions())[1]
+                if msg.changes or not created:
+                    trusted = anyio.current_time()
                 created = True
                 suspect = ""
                 self._apply(msg)
@@ -162,7 +179,7 @@ class ClusterWatch:
         try:
             return await self.etcd.scope_revisions(self.keys.prefix)
         except EtcdUnavailable as e:
-            err = WatchDied(f"etcd did not answer a read of the scope: {e}", "deadline")
+            err = WatchDied(f"etcd did not answer a read of the scope: {e}", restart_reason(str(e), "deadline"))
             err.established = True
             raise err from None
 

@@ -290,7 +290,7 @@ def _text(e: BaseException) -> str:
     return " ".join(t for t in (str(e), str(getattr(e, "detail_text", "") or "")) if t.strip())
 
 
-def _reason(text: str, default: str) -> str:
+def restart_reason(text: str, default: str) -> str:
     if "no leader" in text:
         return "no_leader"
     return "auth" if any(m in text for m in AUTH_REJECTED) else default
@@ -304,7 +304,7 @@ def _parse(line: str) -> WatchEvent:
     if "error" in msg:
         err = msg["error"]
         text = str(err.get("message", err) if isinstance(err, dict) else err)
-        raise WatchDied(f"error frame: {text}", _reason(text, "error_frame"))
+        raise WatchDied(f"error frame: {text}", restart_reason(text, "error_frame"))
     res = msg.get("result")
     if not isinstance(res, dict):
         raise WatchDied("message without result", "bad_json")
@@ -312,7 +312,7 @@ def _parse(line: str) -> WatchEvent:
         raise Compacted(int(res["compact_revision"]))
     if res.get("canceled"):
         text = str(res.get("cancel_reason", ""))
-        raise WatchDied(f"watch canceled: {text}", _reason(text, "canceled"))
+        raise WatchDied(f"watch canceled: {text}", restart_reason(text, "canceled"))
     rev = int(res.get("header", {}).get("revision", 0))
     changes = []
     for ev in res.get("events", []):
