@@ -164,7 +164,7 @@ class Sampler:
                 self.health.postgres_outages += 1
             return
         self.health.read_failures[reason] = self.health.read_failures.get(reason, 0) + 1
-        unavailable = ("read timed out (statement_timeout): " if reason == "timeout" else "read failed: ") + error
+        unavailable = f"read timed out (statement_timeout): {error}" if reason == "timeout" else error
         if unavailable != self.unavailable:  # once per distinct failure, not per retry
             log.warning("sampler_read_timeout" if reason == "timeout" else "sampler_read_failed",
                         source=self.reading, error=error)

@@ -127,7 +127,8 @@ class SamplerHealthCollector(Collector):
                                   value=h.postgres_outages)
         resets = CounterMetricFamily("pgnode_sampler_source_resets",
                                      "Source discontinuities seen (kind: stats_reset, dealloc, recreated, "
-                                     "server_restart, server_changed, clock_stepped_back).", labels=["kind"])
+                                     "pgsm_reset, server_restart, server_changed, clock_stepped_back).",
+                                     labels=["kind"])
         for kind, n in sorted(h.source_resets.items()):
             resets.add_metric([kind], n)
         yield resets

@@ -299,3 +299,63 @@ async def test_new_system_identifier_reprimes_without_negative_or_doubled_increm
     t0 = epoch(capture.ticks[0].sampled_at)
     full, _ = expected(capture, capture.ticks, aligned(t0 - BT - GRACE, BT))
     assert per_queryid(s)[QID["select_accounts"]] <= full[QID["select_accounts"]]  # never doubled
+
+
+async def run_until(ctx: Context, done: Any, limit: float = 15) -> Sampler:
+    """The sampler's real run loop (supervised task, backoff and all) until `done(sampler)`."""
+    (comp,) = components(ctx)
+    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
+    ctx.liveness.register("sampler")
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(10):
+            await tg.start(comp.run, ctx)
+        with anyio.fail_after(limit):
+            while not done(sampler):
+                await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    return sampler
+
+
+@pytest.mark.parametrize("source", ["auto", "pg_stat_monitor"])
+async def test_pgsm_not_preloaded_is_a_read_failure_and_auto_falls_back_to_pgss(
+    pg15: PgInstance, tmp_path: Path, source: str
+) -> None:
+    """Created but not in shared_preload_libraries: the real extension then has no settings in
+    pg_settings (its _PG_init returns early) and every read raises; the stand-in shows the same."""
+    with pg15.connect() as admin:
+        loader.install(admin, "pgsm_unloaded", loaded=False)
+    with admin_conn(pg15, "pgsm_unloaded") as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    ctx = make_ctx(pg15, "pgsm_unloaded", tmp_path, source=source, interval="200ms")
+    if source == "auto":
+        s = await run_until(ctx, lambda s: s.health.source == "pg_stat_statements" and s.health.reads >= 1)
+        assert s.health.fallback is not None and "shared_preload_libraries" in s.health.fallback
+        assert s.unavailable is None
+    else:
+        s = await run_until(ctx, lambda s: s.health.read_failures["error"] >= 2)  # retried, not crashed
+        assert s.unavailable is not None and "shared_preload_libraries" in s.unavailable
+        assert s.health.source is None or s.health.source == "pg_stat_monitor"
+    status = ctx.status_sections["sampler"]()
+    assert status["read_failures"]["error"] >= 1 and status["fallback"] == s.health.fallback
+    assert s.health.postgres_outages == 0
+    assert ctx.registry.get_sample_value("pgnode_sampler_read_failures_total", {"reason": "error"}) >= 1
+
+
+async def test_a_read_past_statement_timeout_is_a_timeout_not_an_outage(
+    pg15: PgInstance, replay_db: str, tmp_path: Path
+) -> None:
+    ctx = make_ctx(pg15, replay_db, tmp_path, interval="200ms")
+    ctx.config = config_mod.parse({
+        "node": {"name": "n1", "state_dir": str(tmp_path)}, "etcd": {"scope": "s"},
+        "postgres": {"host": str(pg15.socket_dir), "port": pg15.port, "user": "postgres", "dbname": replay_db,
+                     "statement_timeout": "1s", "lock_timeout": "30s"},
+        "sampler": {"grace": "1s", "interval": "200ms", "labels": ["datname"]}})
+    with admin_conn(pg15, replay_db) as blocker:
+        blocker.autocommit = False
+        blocker.execute("LOCK TABLE pgsm_standin.entries IN ACCESS EXCLUSIVE MODE")  # the read waits
+        s = await run_until(ctx, lambda s: s.health.read_failures["timeout"] >= 1)
+        blocker.rollback()
+    assert s.unavailable is not None and s.unavailable.startswith("read timed out (statement_timeout)")
+    assert s.health.postgres_outages == 0
+    assert ctx.registry.get_sample_value("pgnode_sampler_read_failures_total", {"reason": "timeout"}) >= 1
+    assert s.health.source == "pg_stat_monitor"  # a slow read is retried, not a reason to switch source
