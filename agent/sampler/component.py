@@ -124,7 +124,8 @@ class Sampler:
                         conn = await self.open(ctx)
                     delay = await self.step(ctx, conn)
                     if down:
-                        log.info("sampler_postgres_recovered", source=self.health.source)
+                        log.info("sampler_postgres_recovered" if self.unavailable == "PostgreSQL unreachable"
+                                 else "sampler_read_recovered", source=self.health.source)
                         down = False
                     self.unavailable = None
                     backoff = 1.0
