@@ -96,16 +96,19 @@ def reset_bound(read_at: float | None, now: float, oldest_since: float | None) -
 
 
 def reset_evidence(before: dict[int, tuple[float, float | None]], after: dict[int, tuple[float, float | None]],
-                   now: float, bucket_time: int, max_buckets: int) -> int | None:
+                   now: float, bucket_time: int, max_buckets: int, since: int | None = None) -> int | None:
     """The first bucket showing that pg_stat_monitor_reset() ran between two reads, or None.
 
     Within one bucket entries are only ever added (a bucket's rows go only when its slot is reused,
     max_buckets x bucket_time later), so a bucket still retained with fewer calls than before, gone
     altogether, or with an entry newer than its oldest one before (`stats_since`, 2.1+: entries
     were recreated) was emptied. One bucket of margin keeps a slot the extension may be recycling
-    right now out of the comparison. Only valid when the server did not restart in between.
+    right now out of the comparison, and buckets before `since` are not in `after` (the read
+    summarises buckets from the watermark on). Only valid when the server did not restart in between.
     """
     safe = oldest_visible_start(now, bucket_time, max_buckets) + bucket_time
+    if since is not None:
+        safe = max(safe, since)
     for b, (calls, since) in sorted(before.items()):
         if b < safe or calls <= 0:
             continue

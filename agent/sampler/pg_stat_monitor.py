@@ -124,14 +124,15 @@ class PgsmSettings:
 
 def build_select(columns: set[str], labels: Sequence[str] = tuple(LABEL_SQL),
                  has_cmd_type: bool = True) -> sql.Composed:
-    """One read: the rows of the buckets in (lo, hi] and one summary row per other retained bucket.
+    """One read: the rows of the buckets in (lo, hi] and one summary row per other bucket from lo on.
 
     From pg_stat_monitor_internal(false), not the view: the view adds a per-row SQL function
     call, array building and an ORDER BY over every retained row before any WHERE applies. Only
     what a read uses is selected (no query text is sent): bucket start, queryid, elevel, sqlcode,
     resp_calls, stats_since, the configured `labels` (in that order) and the 19 values, read
     positionally. Summary rows (queryid NULL) carry a bucket's summed calls and oldest
-    stats_since: what reset detection compares between reads (buckets.reset_evidence)."""
+    stats_since: what reset detection compares between reads (buckets.reset_evidence); older
+    buckets are left out before anything is materialised (they were compared at earlier reads)."""
     vals: list[sql.Composable] = []
     for i, (cands, _scale) in enumerate(VALUE_COLUMNS):
         col = next((c for c in cands if c in columns), None)
@@ -148,7 +149,7 @@ def build_select(columns: set[str], labels: Sequence[str] = tuple(LABEL_SQL),
     return sql.SQL(
         "WITH s AS MATERIALIZED ("
         "SELECT bucket_start_time, queryid, elevel, sqlcode, resp_calls, {since} AS since{labels}, {vals} "
-        "FROM pg_stat_monitor_internal(false) WHERE queryid IS NOT NULL) "
+        "FROM pg_stat_monitor_internal(false) WHERE queryid IS NOT NULL AND bucket_start_time >= %(lo)s) "
         "SELECT extract(epoch FROM bucket_start_time)::float8, queryid::text, coalesce(elevel, 0), "
         "coalesce(sqlcode, ''), resp_calls, extract(epoch FROM since)::float8{lcols}, {vcols} FROM s "
         "WHERE bucket_start_time > %(lo)s AND bucket_start_time <= %(hi)s "
@@ -322,7 +323,7 @@ def account_losses(settings: PgsmSettings, plan: ReadPlan, now: float, batches: 
     """Counts the buckets of this read a restart, a reset or expiry destroyed, by reason."""
     bt, mb, w = settings.bucket_time, settings.max_buckets, st.pgsm
     if w.restart_at is None:
-        b = reset_evidence(w.seen, batches.summary, now, bt, mb)
+        b = reset_evidence(w.seen, batches.summary, now, bt, mb, since=plan.lo)
         if b is not None:
             since = [s for _c, s in batches.summary.values() if s is not None]
             w.reset_by = reset_bound(w.read_at, now, min(since, default=None))

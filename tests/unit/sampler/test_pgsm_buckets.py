@@ -95,6 +95,8 @@ def test_a_reset_is_told_from_a_quiet_server() -> None:
     # an empty bucket and one whose slot may be recycled now prove nothing
     assert reset_evidence({995: (0.0, None)}, {}, 1011, 5, 10) is None
     assert reset_evidence({975: (5.0, None)}, {}, 1011, 5, 4) is None
+    # a read summarises buckets from its watermark on: an older one is absent, not vanished
+    assert reset_evidence(before, {1000: (12.0, 1000.1), 1005: (3.0, 1005.3)}, 1011, 5, 10, since=1000) is None
 
 
 def test_reset_bound_is_the_last_read_or_the_oldest_entry_after_it() -> None:
