@@ -26,12 +26,15 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.core import config as config_mod
+from agent.core.context import Context
 from agent.lab.etcd import Etcd
 from agent.lab.patroni import PG_BIN_DIR, SUPERUSER
 from agent.lab.postgres import PgInstance
 from agent.lab.procs import wait_until
 from tests.integration.agentproc import AgentProc
 from tests.integration.pgsm_standin import loader
+from tests.integration.test_sampler_pgsm import run_until
 
 LIBDIR = PG_BIN_DIR.parent / "lib"
 SHAREDIR = Path("/usr/share/postgresql") / PG_BIN_DIR.parent.name / "extension"
@@ -378,3 +381,25 @@ def test_real_extension_counts_equal_pgbench_and_losses_are_counted_by_reason(
     finally:
         a.stop()
         print("\n" + "\n".join(figures))  # noqa: T201
+
+
+async def test_real_extension_created_but_not_preloaded_falls_back_to_pgss(pg15: PgInstance, tmp_path: Path) -> None:
+    """The session's PostgreSQL preloads pg_stat_statements only: pg_stat_monitor can be created
+    there, and every read of it fails. `auto` reports that once and reads pg_stat_statements."""
+    pg15.psql("DROP DATABASE IF EXISTS pgsm_unloaded_real WITH (FORCE)")
+    pg15.psql("CREATE DATABASE pgsm_unloaded_real")
+    with pg15.connect("pgsm_unloaded_real") as c:
+        c.execute("CREATE EXTENSION pg_stat_monitor")
+        c.execute("CREATE EXTENSION pg_stat_statements")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="shared_preload_libraries"):
+            c.execute("SELECT count(*) FROM pg_stat_monitor")
+    cfg = config_mod.parse({
+        "node": {"name": "n1", "state_dir": str(tmp_path)}, "etcd": {"scope": "s"},
+        "postgres": {"host": str(pg15.socket_dir), "port": pg15.port, "user": SUPERUSER,
+                     "dbname": "pgsm_unloaded_real"},
+        "sampler": {"interval": "200ms", "labels": ["datname"]}})
+    ctx = Context.create(cfg)
+    s = await run_until(ctx, lambda s: s.health.source == "pg_stat_statements" and s.health.reads >= 1)
+    assert s.health.fallback is not None and "shared_preload_libraries" in s.health.fallback
+    assert s.health.read_failures == {"error": 1, "timeout": 0}
+    assert s.health.postgres_outages == 0
