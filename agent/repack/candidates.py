@@ -11,6 +11,19 @@ of tuple header and line pointer)` packed into 8 KiB pages at the table's fillfa
 `1 - expected / actual`. Like ioguix's estimate it needs a recent ANALYZE, ignores TOAST and
 alignment padding, and so errs high on small tables — the size bounds keep those out. A table never
 analyzed (`reltuples < 0`) falls back to the dead-tuple ratio.
+
+Whose code a repack runs. pg_repack (a superuser session) copies the heap into
+`repack.table_<oid>`, a table that session owns, builds the original's indexes on it, and replays
+the logged changes into it. Index builds and inserts evaluate index expressions and predicates,
+the functions behind their operators, CHECKs of domains they cast to, and (GiST) a range type's
+`subtype_diff`, all as the copy's owner: the superuser. Each of these made a plain table owner a
+superuser on PostgreSQL 15 + pg_repack 1.4.8. What pg_repack does not run as the superuser: the
+table's CHECK constraints, defaults, generated columns and triggers are not carried to the copy
+(`CREATE TABLE … AS SELECT`, tested), row security is bypassed by a superuser, and the closing
+ANALYZE runs as the table's owner. So a table is refused when its indexes use a function or
+operator outside pg_catalog, or a domain, range or multirange type outside pg_catalog
+(`index_user_code`), and when its owner is not trusted (`untrusted_owner`): an owner can add such
+an index between this check and pg_repack's own reading of the indexes.
 """
 
 from __future__ import annotations
@@ -50,6 +63,9 @@ class TableFacts:
     freeze_max_age: int = 200_000_000
     vacuum_running: bool = False
     approx_bloat: float | None = None  # from pgstattuple_approx, when available
+    owner: str = ""
+    owner_trusted: bool = False  # a superuser or the agent's own role; repack.trusted_owners adds more
+    index_code: tuple[str, ...] = ()  # code outside pg_catalog that building its indexes would run
 
     @property
     def name(self) -> str:
@@ -81,6 +97,15 @@ class Assessment:
     @property
     def bloat_bytes(self) -> int:
         return int(self.bloat * self.facts.heap_bytes)
+
+    def details(self) -> dict[str, object]:
+        """What an operator needs beside a refusal's name to act on it."""
+        out: dict[str, object] = {}
+        if "untrusted_owner" in self.refusals:
+            out["owner"] = self.facts.owner
+        if "index_user_code" in self.refusals:
+            out["index_code"] = list(self.facts.index_code)
+        return out
 
 
 def matches(name: str, include: list[str], exclude: list[str]) -> bool:
@@ -131,6 +156,10 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("invalid_index")
     if t.deferrable_unique:
         refusals.append("deferrable_unique")
+    if not (t.owner_trusted or t.owner in cfg.trusted_owners):
+        refusals.append("untrusted_owner")
+    if t.index_code:
+        refusals.append("index_user_code")
     if db.all_tables_publication:
         refusals.append("all_tables_publication")
     if db.logical_slot:
@@ -179,9 +208,35 @@ SELECT c.oid::bigint AS oid, n.nspname AS schema, c.relname AS table,
                  AND k.condeferrable) AS deferrable_unique,
        age(c.relfrozenxid)::bigint AS xid_age,
        current_setting('autovacuum_freeze_max_age')::bigint AS freeze_max_age,
-       EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v WHERE v.relid = c.oid) AS vacuum_running
+       EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v WHERE v.relid = c.oid) AS vacuum_running,
+       c.relowner::regrole::text AS owner,
+       (o.rolsuper OR o.rolname = current_user) AS owner_trusted,
+       ARRAY(SELECT DISTINCT x FROM pg_index i CROSS JOIN LATERAL (
+               SELECT format('function %s.%s(%s)', p.pronamespace::regnamespace, quote_ident(p.proname),
+                             pg_get_function_identity_arguments(p.oid)) AS x
+                 FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid
+                WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                  AND d.refclassid = 'pg_proc'::regclass AND p.pronamespace <> 'pg_catalog'::regnamespace
+               UNION ALL
+               SELECT format('operator %s.%s(%s,%s)', op.oprnamespace::regnamespace, op.oprname,
+                             format_type(op.oprleft, NULL), format_type(op.oprright, NULL))
+                 FROM pg_depend d JOIN pg_operator op ON op.oid = d.refobjid
+                 JOIN pg_proc p ON p.oid = op.oprcode
+                WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                  AND d.refclassid = 'pg_operator'::regclass
+                  AND 'pg_catalog'::regnamespace <> ANY (ARRAY[op.oprnamespace, p.pronamespace])
+               UNION ALL
+               SELECT format('type %s.%s', ty.typnamespace::regnamespace, quote_ident(ty.typname))
+                 FROM pg_type ty
+                WHERE ty.typnamespace <> 'pg_catalog'::regnamespace AND ty.typtype IN ('d', 'r', 'm')
+                  AND (ty.oid IN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = i.indexrelid)
+                       OR ty.oid IN (SELECT d.refobjid FROM pg_depend d
+                                      WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                                        AND d.refclassid = 'pg_type'::regclass))
+             ) code WHERE i.indrelid = c.oid ORDER BY x) AS index_code
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_roles o ON o.oid = c.relowner
   LEFT JOIN pg_stat_user_tables st ON st.relid = c.oid
  WHERE c.relkind = 'r'
    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'repack')
@@ -222,7 +277,7 @@ async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: s
     """Facts per table; pgstattuple_approx only for tables the window's filters let through."""
     out: list[TableFacts] = []
     for row in await (await conn.execute(TABLES_SQL)).fetchall():
-        t = TableFacts(database=database, **row)
+        t = TableFacts(database=database, **{**row, "index_code": tuple(row["index_code"])})
         if (use_pgstattuple and matches(t.name, w.include, w.exclude)
                 and w.min_table_bytes <= t.total_bytes <= w.max_table_bytes and t.heap_bytes > 0):
             r = await (await conn.execute(APPROX_SQL, {"oid": t.oid})).fetchone()

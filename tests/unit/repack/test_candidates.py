@@ -25,7 +25,8 @@ CFG = RepackConfig(min_free_disk_ratio=2.2)
 DB = DatabaseFacts(extension_version="1.4.8", binary_version="1.4.8")
 # 100 MiB heap holding 200k rows of 100 + 28 bytes: ~25.7 MB expected, 75 % bloat
 T = TableFacts(database="db", oid=1, schema="public", table="t", heap_bytes=100 * MiB, total_bytes=120 * MiB,
-               reltuples=200_000, row_width=100.0, dead_tuples=0, live_tuples=200_000)
+               reltuples=200_000, row_width=100.0, dead_tuples=0, live_tuples=200_000,
+               owner="postgres", owner_trusted=True)
 
 
 def _assess(t: TableFacts = T, db: DatabaseFacts = DB, free: int = 10**12,
@@ -83,6 +84,28 @@ def test_window_filters_skip_without_refusing(change: dict[str, object], skip: s
 def test_table_refusals_are_named(change: dict[str, object], reason: str) -> None:
     a = _assess(dataclasses.replace(T, **change))  # type: ignore[arg-type]
     assert a.refusals == [reason]
+
+
+def test_a_table_of_an_owner_not_trusted_is_refused_unless_listed() -> None:
+    app = dataclasses.replace(T, owner="app_owner", owner_trusted=False)
+    a = _assess(app)
+    assert a.refusals == ["untrusted_owner"] and a.details() == {"owner": "app_owner"}
+    trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
+    assert assess(app, DB, W, trusting, free_disk_bytes=10**12, last_success=None, now=0.0).refusals == []
+
+
+def test_a_table_whose_indexes_run_user_code_is_refused_even_for_a_trusted_owner() -> None:
+    code = ("function public.f(integer)",)
+    t = dataclasses.replace(T, owner="app_owner", owner_trusted=False, index_code=code)
+    trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
+    a = assess(t, DB, W, trusting, free_disk_bytes=10**12, last_success=None, now=0.0)
+    assert a.refusals == ["index_user_code"] and a.details() == {"index_code": list(code)}
+
+
+def test_table_facts_without_an_owner_fail_closed() -> None:
+    bare = TableFacts(database="db", oid=1, schema="public", table="t", heap_bytes=1, total_bytes=1,
+                      reltuples=1, row_width=1.0, dead_tuples=0, live_tuples=1)
+    assert "untrusted_owner" in _assess(bare).refusals
 
 
 @pytest.mark.parametrize(("db", "reason"), [

@@ -1,0 +1,161 @@
+"""pg_repack runs as a superuser and builds a table's indexes on a copy that superuser owns, so
+index code runs with superuser rights. On a real PostgreSQL 15 + pg_repack 1.4.8: a plain table
+owner who plants code in an index must not become a superuser through a window, and the refusal
+is named (`repack plan`, `repack_table_refused`)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+from prometheus_client import CollectorRegistry
+from test_repack import confirm_primary, q, started
+
+from agent.core import pg as agent_pg
+from agent.core.config import RepackWindow, parse
+from agent.core.context import Context
+from agent.lab.etcd import Etcd
+from agent.lab.postgres import PgInstance
+from agent.repack import candidates, plan
+
+_n = itertools.count(1)
+
+# The escalation as reported: an IMMUTABLE index function calling a VOLATILE one that makes its
+# owner a superuser when it finds itself running as postgres.
+ESCALATE = """
+CREATE FUNCTION public.g() RETURNS void LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  IF current_user = 'postgres' THEN EXECUTE 'ALTER ROLE {role} SUPERUSER'; END IF;
+END $$
+"""
+F = ("CREATE FUNCTION public.f(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS "
+     "$$ BEGIN PERFORM public.g(); RETURN $1; END $$")
+
+
+def superuser(pg: PgInstance, role: str) -> bool:
+    return bool(q(pg, "postgres", "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,))[0][0])
+
+
+@pytest.fixture
+def owned(pg15: PgInstance) -> Iterator[tuple[str, str]]:
+    """(database, role): a bloated table `public.t` owned by a plain role with CREATE on public,
+    whose index runs that role's function."""
+    n = next(_n)
+    db, role = f"trust_{n}", f"app_owner_{n}"
+    pg15.psql(f"CREATE DATABASE {db}")
+    pg15.psql(f"CREATE ROLE {role} LOGIN")
+    q(pg15, db, "CREATE EXTENSION pg_repack")
+    q(pg15, db, "CREATE EXTENSION pgstattuple")
+    q(pg15, db, f"GRANT CREATE ON SCHEMA public TO {role}")
+    with psycopg.connect(pg15.conninfo.replace("dbname=postgres", f"dbname={db}"), autocommit=True) as c:
+        c.execute(f"SET ROLE {role}".encode())
+        c.execute(ESCALATE.replace("{role}", role).encode())
+        c.execute(F.encode())
+        c.execute(b"CREATE TABLE t (id int PRIMARY KEY, v int, pad text)")
+        c.execute(b"INSERT INTO t SELECT i, i, repeat('x', 100) FROM generate_series(1, 20000) i")
+        c.execute(b"CREATE INDEX ON t (public.f(v))")
+        c.execute(b"DELETE FROM t WHERE id % 10 < 7")
+    q(pg15, db, "VACUUM ANALYZE t")
+    assert not superuser(pg15, role)
+    yield db, role
+    with pg15.connect() as conn:
+        conn.execute(f"DROP DATABASE {db} WITH (FORCE)".encode())
+        conn.execute(f"DROP ROLE {role}".encode())
+
+
+def make_ctx(pg: PgInstance, etcd: Etcd, db: str, state_dir: Path, **repack: Any) -> Context:
+    cfg = parse({
+        "node": {"name": "n1", "state_dir": str(state_dir)},
+        "etcd": {"endpoints": [etcd.url], "scope": db},
+        "postgres": {"host": str(pg.socket_dir), "port": pg.port, "dbname": db},
+        "repack": {"enabled": True, "wait_timeout": "2s", "grace": "1s", **repack,
+                   "windows": [{"cron": "0 * * * *", "duration": "2h", "databases": [db],
+                                "include": ["public.t"], "min_table_bytes": 0, "bloat_ratio": 0.3}]},
+    })
+    return Context.create(cfg, CollectorRegistry())
+
+
+def test_plan_names_both_refusals_of_an_untrusted_owners_table_with_index_code(
+        pg15: PgInstance, etcd: Etcd, owned: tuple[str, str], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    db, role = owned
+    plan.main(make_ctx(pg15, etcd, db, tmp_path).config)
+    out = capsys.readouterr().out
+    assert re.search(r"public\.t .*REFUSED \(untrusted_owner, index_user_code\)", out), out
+    assert f"owner: {role}" in out
+    assert "index_code: function public.f(integer)" in out
+    assert not superuser(pg15, role)
+
+
+async def test_a_trusted_owners_table_whose_index_runs_user_code_is_refused_and_its_owner_stays_plain(
+        pg15: PgInstance, etcd: Etcd, owned: tuple[str, str], tmp_path: Path,
+        logs: list[dict[str, Any]]) -> None:
+    """Forced in as far as config goes (owner trusted, the table named by the window): still
+    refused, by name; pg_repack never starts and the owner is not a superuser afterwards."""
+    db, role = owned
+    (node_before,) = q(pg15, db, "SELECT pg_relation_filenode('t')")[0]
+    ctx = make_ctx(pg15, etcd, db, tmp_path, trusted_owners=[role])
+    async with started(ctx):
+        confirm_primary(ctx)
+        with anyio.fail_after(60):
+            while not any(e["event"] in ("repack_window_done", "repack_finished") for e in logs):
+                await anyio.sleep(0.05)
+    assert not superuser(pg15, role)
+    refused = [e for e in logs if e["event"] == "repack_table_refused"]
+    assert [(e["table"], e["reasons"], e["index_code"]) for e in refused] == [
+        ("public.t", ["index_user_code"], ["function public.f(integer)"])], refused
+    assert ctx.status_sections["repack"]()["recent"] == []
+    assert q(pg15, db, "SELECT pg_relation_filenode('t')")[0][0] == node_before
+
+
+# Each carrier below made its owner a superuser through `pg_repack -t` on PostgreSQL 15 +
+# pg_repack 1.4.8 (the range one through the GiST build calling subtype_diff on a plain column).
+CARRIERS = {
+    "expression": ([F], "CREATE INDEX ON t (public.f(v))", "function public.f(integer)"),
+    "predicate": ([F], "CREATE INDEX ON t (v) WHERE public.f(v) > 0", "function public.f(integer)"),
+    "operator": (["CREATE FUNCTION public.eq(int, int) RETURNS boolean LANGUAGE sql IMMUTABLE "
+                  "AS 'SELECT $1 = $2'",
+                  "CREATE OPERATOR public.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = public.eq)"],
+                 "CREATE INDEX ON t (v) WHERE v OPERATOR(public.===) 1", "operator public.===(integer,integer)"),
+    "domain": (["CREATE FUNCTION public.ok(int) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT true'",
+                "CREATE DOMAIN public.d AS int CHECK (public.ok(VALUE))"],
+               "CREATE INDEX ON t ((v::public.d))", "type public.d"),
+    "range": (["CREATE FUNCTION public.diff(int, int) RETURNS float8 LANGUAGE sql IMMUTABLE "
+               "AS 'SELECT ($1 - $2)::float8'",
+               "CREATE TYPE public.r AS RANGE (subtype = int, subtype_diff = public.diff)",
+               "ALTER TABLE t ADD COLUMN rr public.r"],
+              "CREATE INDEX ON t USING gist (rr)", "type public.r"),
+}
+
+
+@pytest.mark.parametrize("carrier", sorted(CARRIERS))
+async def test_every_way_an_index_runs_user_code_is_named(pg15: PgInstance, carrier: str) -> None:
+    setup, index, named = CARRIERS[carrier]
+    db = f"carrier_{next(_n)}"
+    pg15.psql(f"CREATE DATABASE {db}")
+    try:
+        q(pg15, db, "CREATE TABLE t (id int PRIMARY KEY, v int, s text)")
+        q(pg15, db, "CREATE INDEX ON t (lower(s)) WHERE v > 0 AND s <> ''")  # pg_catalog only: fine
+        q(pg15, db, "CREATE TABLE plain (id int PRIMARY KEY, v int, s text)")
+        for stmt in [*setup, index]:
+            q(pg15, db, stmt)
+        async with await agent_pg.connect(_pg_config(pg15, db), "test", db) as conn:
+            tables = {t.name: t for t in await candidates.read_tables(
+                conn, db, RepackWindow(cron="0 * * * *", duration=3600), False)}  # type: ignore[arg-type]
+        assert tables["public.t"].index_code == (named,)
+        assert tables["public.plain"].index_code == ()
+        assert tables["public.t"].owner == "postgres" and tables["public.t"].owner_trusted
+    finally:
+        with pg15.connect() as conn:
+            conn.execute(f"DROP DATABASE {db} WITH (FORCE)".encode())
+
+
+def _pg_config(pg: PgInstance, db: str) -> Any:
+    return parse({"node": {"name": "n1"}, "etcd": {"scope": "x"},
+                  "postgres": {"host": str(pg.socket_dir), "port": pg.port, "dbname": db}}).postgres
