@@ -4,13 +4,19 @@ The decision (`assess`) is pure: it takes one row of catalog facts per table plu
 and the free disk, and returns either a candidate or the named reasons it is not one. SQL only
 gathers those facts (`TABLES_SQL`, one query per database).
 
-Bloat estimate. With the `pgstattuple` extension installed in the database we ask
-`pgstattuple_approx` (reads only the pages the visibility map does not vouch for; cheap). Without
-it, a statistics-only estimate: the expected heap is `reltuples x (row width from pg_stats + 28 bytes
-of tuple header and line pointer)` packed into 8 KiB pages at the table's fillfactor, and bloat is
-`1 - expected / actual`. Like ioguix's estimate it needs a recent ANALYZE, ignores TOAST and
-alignment padding, and so errs high on small tables — the size bounds keep those out. A table never
-analyzed (`reltuples < 0`) falls back to the dead-tuple ratio.
+Bloat estimate. First from statistics, for every table in one query: the expected heap is
+`reltuples x (row width from pg_stats + 28 bytes of tuple header and line pointer)` packed into
+8 KiB pages at the table's fillfactor, and bloat is `1 - expected / actual`, or the dead-tuple ratio
+of pg_stat_user_tables when that is higher (deletes since the last ANALYZE). Like ioguix's estimate
+it needs a recent ANALYZE, ignores TOAST and alignment padding, and so errs high on small tables —
+the size bounds keep those out. A table never analyzed (`reltuples < 0`) has only the dead-tuple
+ratio. Then, with the `pgstattuple` extension in the database, `pgstattuple_approx` (reads the pages
+the visibility map does not vouch for) measures only the few tables that rank highest by that
+estimate, each under its own server-side statement_timeout (`repack.measure_timeout`), with a
+heartbeat after each: a database of thousands of tables must not hold the loop past the watchdog.
+A table whose measurement times out is named (`repack_bloat_measure_failed`) and keeps its
+statistics estimate: it is still a candidate, as it would be without pgstattuple; a big, hot table
+is the one most likely to time out and the one an operator most wants repacked.
 
 Whose code a repack runs. pg_repack (a superuser session) copies the heap into
 `repack.table_<oid>`, a table that session owns, builds the original's indexes on it, and replays
@@ -30,16 +36,21 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
+import structlog
 
 from agent.core.config import RepackConfig, RepackWindow
+
+log = structlog.get_logger("repack")
 
 PAGE = 8192
 PAGE_HEADER = 24
 TUPLE_OVERHEAD = 28  # 23-byte heap tuple header (aligned to 24) + 4-byte line pointer
+MEASURED_PER_DATABASE = 3  # pgstattuple_approx runs on this many of a database's best-ranked tables
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +74,7 @@ class TableFacts:
     freeze_max_age: int = 200_000_000
     vacuum_running: bool = False
     approx_bloat: float | None = None  # from pgstattuple_approx, when available
+    approx_failed: str = ""            # why pgstattuple_approx gave no figure (timeout, lock_timeout, …)
     owner: str = ""
     owner_trusted: bool = False  # a superuser or the agent's own role; repack.trusted_owners adds more
     index_code: tuple[str, ...] = ()  # code outside pg_catalog that building its indexes would run
@@ -117,12 +129,18 @@ def matches(name: str, include: list[str], exclude: list[str]) -> bool:
 def estimate_bloat(t: TableFacts) -> tuple[float, str]:
     if t.approx_bloat is not None:
         return max(0.0, min(1.0, t.approx_bloat)), "pgstattuple_approx"
+    bloat, method = _statistics_bloat(t)
+    return bloat, f"{method}; pgstattuple_approx {t.approx_failed}" if t.approx_failed else method
+
+
+def _statistics_bloat(t: TableFacts) -> tuple[float, str]:
+    total = t.dead_tuples + t.live_tuples
+    dead = t.dead_tuples / total if total else 0.0
     if t.reltuples >= 0 and t.row_width is not None and t.heap_bytes > 0:
         per_page = max(1.0, (PAGE - PAGE_HEADER) * t.fillfactor / 100 / (t.row_width + TUPLE_OVERHEAD))
         expected = math.ceil(t.reltuples / per_page) * PAGE
-        return max(0.0, 1.0 - expected / t.heap_bytes), "statistics"
-    total = t.dead_tuples + t.live_tuples
-    return (t.dead_tuples / total if total else 0.0), "dead_tuples"
+        return max(0.0, 1.0 - expected / t.heap_bytes, dead), "statistics"
+    return dead, "dead_tuples"
 
 
 # A run is refused when total_bytes / throughput x this is longer than the window has left: the
@@ -186,14 +204,19 @@ def order(items: list[Assessment]) -> list[Assessment]:
     return sorted(items, key=lambda a: a.bloat_bytes, reverse=True)
 
 
+def to_measure(items: list[Assessment], n: int = MEASURED_PER_DATABASE) -> list[Assessment]:
+    """The tables worth a pgstattuple_approx: not refused, inside the window's filters (a statistics
+    estimate under the bloat ratio may be stale), most reclaimable bytes by the estimate first."""
+    return order([a for a in items if not a.refusals and a.skip in ("", "below_bloat_ratio")])[:n]
+
+
 # --------------------------------------------------------------------------- reading the facts
 
 TABLES_SQL = """
 SELECT c.oid::bigint AS oid, n.nspname AS schema, c.relname AS table,
        pg_relation_size(c.oid) AS heap_bytes, pg_total_relation_size(c.oid) AS total_bytes,
        c.reltuples::float8 AS reltuples,
-       (SELECT sum(s.avg_width * (1 - s.null_frac)) FROM pg_stats s
-         WHERE s.schemaname = n.nspname AND s.tablename = c.relname)::float8 AS row_width,
+       w.row_width,
        coalesce(st.n_dead_tup, 0) AS dead_tuples, coalesce(st.n_live_tup, 0) AS live_tuples,
        coalesce((SELECT option_value::int FROM pg_options_to_table(c.reloptions)
                   WHERE option_name = 'fillfactor'), 100) AS fillfactor,
@@ -208,39 +231,54 @@ SELECT c.oid::bigint AS oid, n.nspname AS schema, c.relname AS table,
                  AND k.condeferrable) AS deferrable_unique,
        age(c.relfrozenxid)::bigint AS xid_age,
        current_setting('autovacuum_freeze_max_age')::bigint AS freeze_max_age,
-       EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v WHERE v.relid = c.oid) AS vacuum_running,
+       c.oid IN (SELECT v.relid FROM pg_stat_progress_vacuum v) AS vacuum_running,
        c.relowner::regrole::text AS owner,
-       (o.rolsuper OR o.rolname = current_user) AS owner_trusted,
-       ARRAY(SELECT DISTINCT x FROM pg_index i CROSS JOIN LATERAL (
-               SELECT format('function %s.%s(%s)', p.pronamespace::regnamespace, quote_ident(p.proname),
-                             pg_get_function_identity_arguments(p.oid)) AS x
-                 FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid
-                WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
-                  AND d.refclassid = 'pg_proc'::regclass AND p.pronamespace <> 'pg_catalog'::regnamespace
-               UNION ALL
-               SELECT format('operator %s.%s(%s,%s)', op.oprnamespace::regnamespace, op.oprname,
-                             format_type(op.oprleft, NULL), format_type(op.oprright, NULL))
-                 FROM pg_depend d JOIN pg_operator op ON op.oid = d.refobjid
-                 JOIN pg_proc p ON p.oid = op.oprcode
-                WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
-                  AND d.refclassid = 'pg_operator'::regclass
-                  AND 'pg_catalog'::regnamespace <> ANY (ARRAY[op.oprnamespace, p.pronamespace])
-               UNION ALL
-               SELECT format('type %s.%s', ty.typnamespace::regnamespace, quote_ident(ty.typname))
-                 FROM pg_type ty
-                WHERE ty.typnamespace <> 'pg_catalog'::regnamespace AND ty.typtype IN ('d', 'r', 'm')
-                  AND (ty.oid IN (SELECT a.atttypid FROM pg_attribute a WHERE a.attrelid = i.indexrelid)
-                       OR ty.oid IN (SELECT d.refobjid FROM pg_depend d
-                                      WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
-                                        AND d.refclassid = 'pg_type'::regclass))
-             ) code WHERE i.indrelid = c.oid ORDER BY x) AS index_code
+       (o.rolsuper OR o.rolname = current_user) AS owner_trusted
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_roles o ON o.oid = c.relowner
   LEFT JOIN pg_stat_user_tables st ON st.relid = c.oid
+  LEFT JOIN (SELECT s.schemaname, s.tablename, sum(s.avg_width * (1 - s.null_frac))::float8 AS row_width
+               FROM pg_stats s WHERE NOT s.inherited GROUP BY 1, 2) w  -- once, not per table
+         ON w.schemaname = n.nspname AND w.tablename = c.relname
  WHERE c.relkind = 'r'
    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'repack')
    AND n.nspname !~ '^pg_(toast|temp)'
+"""
+
+# What building a table's indexes would run outside pg_catalog (see the module's docstring), in
+# one pass over all indexes: functions and operators their expressions and predicates use, and
+# domain/range/multirange types they use or index.
+INDEX_CODE_SQL = """
+SELECT indrelid::bigint AS oid, array_agg(DISTINCT x ORDER BY x) AS code FROM (
+  SELECT i.indrelid, format('function %s.%s(%s)', p.pronamespace::regnamespace, quote_ident(p.proname),
+                            pg_get_function_identity_arguments(p.oid)) AS x
+    FROM pg_index i
+    JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                    AND d.refclassid = 'pg_proc'::regclass
+    JOIN pg_proc p ON p.oid = d.refobjid
+   WHERE p.pronamespace <> 'pg_catalog'::regnamespace
+  UNION ALL
+  SELECT i.indrelid, format('operator %s.%s(%s,%s)', op.oprnamespace::regnamespace, op.oprname,
+                            format_type(op.oprleft, NULL), format_type(op.oprright, NULL))
+    FROM pg_index i
+    JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                    AND d.refclassid = 'pg_operator'::regclass
+    JOIN pg_operator op ON op.oid = d.refobjid
+    JOIN pg_proc p ON p.oid = op.oprcode
+   WHERE 'pg_catalog'::regnamespace <> ANY (ARRAY[op.oprnamespace, p.pronamespace])
+  UNION ALL
+  SELECT u.indrelid, format('type %s.%s', ty.typnamespace::regnamespace, quote_ident(ty.typname))
+    FROM (SELECT i.indrelid, a.atttypid AS typ
+            FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indexrelid
+          UNION
+          SELECT i.indrelid, d.refobjid
+            FROM pg_index i
+            JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
+                            AND d.refclassid = 'pg_type'::regclass) u
+    JOIN pg_type ty ON ty.oid = u.typ
+   WHERE ty.typnamespace <> 'pg_catalog'::regnamespace AND ty.typtype IN ('d', 'r', 'm')
+) code GROUP BY indrelid
 """
 
 DATABASE_SQL = """
@@ -272,16 +310,55 @@ async def read_database(conn: psycopg.AsyncConnection[dict[str, Any]], binary_ve
                          logical_slot=bool(row["logical_slot"])), bool(row["has_pgstattuple"])
 
 
-async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: str, w: RepackWindow,
-                      use_pgstattuple: bool) -> list[TableFacts]:
-    """Facts per table; pgstattuple_approx only for tables the window's filters let through."""
-    out: list[TableFacts] = []
-    for row in await (await conn.execute(TABLES_SQL)).fetchall():
-        t = TableFacts(database=database, **{**row, "index_code": tuple(row["index_code"])})
-        if (use_pgstattuple and matches(t.name, w.include, w.exclude)
-                and w.min_table_bytes <= t.total_bytes <= w.max_table_bytes and t.heap_bytes > 0):
-            r = await (await conn.execute(APPROX_SQL, {"oid": t.oid})).fetchone()
-            if r is not None and r["bloat"] is not None:
-                t = replace(t, approx_bloat=float(r["bloat"]))
-        out.append(t)
-    return out
+async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: str) -> list[TableFacts]:
+    """Catalog and statistics facts of every table: two set-wise queries, nothing per table."""
+    code = {r["oid"]: tuple(r["code"]) for r in await (await conn.execute(INDEX_CODE_SQL)).fetchall()}
+    return [TableFacts(database=database, index_code=code.get(row["oid"], ()), **row)
+            for row in await (await conn.execute(TABLES_SQL)).fetchall()]
+
+
+async def measure(conn: psycopg.AsyncConnection[dict[str, Any]], t: TableFacts, timeout: float) -> TableFacts:
+    """pgstattuple_approx of one table under a server-side statement_timeout (a client-side cancel
+    would close the connection). A failure on a live connection is this table's, not the
+    database's: it is returned as `approx_failed`."""
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('statement_timeout', %s, true)",
+                               (f"{max(1, round(timeout * 1000))}ms",))
+            row = await (await conn.execute(APPROX_SQL, {"oid": t.oid})).fetchone()
+    except psycopg.Error as e:
+        if conn.broken:
+            raise
+        reason = {"57014": "timeout", "55P03": "lock_timeout"}.get(e.sqlstate or "", e.sqlstate or "error")
+        return replace(t, approx_failed=reason)
+    if row is None or row["bloat"] is None:
+        return t
+    return replace(t, approx_bloat=float(row["bloat"]))
+
+
+Judge = Callable[[TableFacts, DatabaseFacts], Assessment]
+
+
+async def survey(conn: psycopg.AsyncConnection[dict[str, Any]], database: str, binary_version: str | None,
+                 judge: Judge, *, measure_timeout: float, beat: Callable[[], None]) -> list[Assessment]:
+    """Every table of one database assessed, most reclaimable first. `beat` is called after each
+    query: each is bounded by a statement_timeout, so the gaps between beats are too."""
+    dbf, has_pgstattuple = await read_database(conn, binary_version)
+    beat()
+    items = [judge(t, dbf) for t in await read_tables(conn, database)]
+    beat()
+    measured = 0
+    if has_pgstattuple:
+        where = {id(a): i for i, a in enumerate(items)}
+        for a in to_measure(items):
+            t = await measure(conn, a.facts, measure_timeout)
+            beat()
+            measured += 1
+            if t.approx_failed:
+                log.warning("repack_bloat_measure_failed", database=database, table=t.name, reason=t.approx_failed,
+                            timeout_seconds=measure_timeout, estimate_ratio=round(a.bloat, 3))
+            items[where[id(a)]] = judge(t, dbf)
+    items = order(items)
+    log.info("repack_candidates_surveyed", database=database, tables=len(items), measured=measured,
+             eligible=sum(a.eligible for a in items))
+    return items

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 from test_repack import confirm_primary, q, started
 
 from agent.core import pg as agent_pg
-from agent.core.config import RepackWindow, parse
+from agent.core.config import parse
 from agent.core.context import Context
 from agent.lab.etcd import Etcd
 from agent.lab.postgres import PgInstance
@@ -147,7 +147,7 @@ async def test_every_way_an_index_runs_user_code_is_named(pg15: PgInstance, carr
             q(pg15, db, stmt)
         async with await agent_pg.connect(_pg_config(pg15, db), "test", db) as conn:
             tables = {t.name: t for t in await candidates.read_tables(
-                conn, db, RepackWindow(cron="0 * * * *", duration=3600), False)}  # type: ignore[arg-type]
+                conn, db)}
         assert tables["public.t"].index_code == (named,)
         assert tables["public.plain"].index_code == ()
         assert tables["public.t"].owner == "postgres" and tables["public.t"].owner_trusted

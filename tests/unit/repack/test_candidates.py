@@ -14,6 +14,7 @@ from agent.repack.candidates import (
     estimate_bloat,
     matches,
     order,
+    to_measure,
 )
 from agent.repack.history import History
 
@@ -169,3 +170,27 @@ def test_a_damaged_rates_list_keeps_the_tables_history(tmp_path: Path) -> None:
     path.write_text('{"tables": {"db/public.a": {"last_success": 5.0}}, "rates": null}')
     h = History.load(path)
     assert h.last_success("db/public.a") == 5.0 and h.throughput() is None
+
+
+def test_dead_tuples_since_the_last_analyze_raise_the_statistics_estimate() -> None:
+    # reltuples says tight, but 70 % of the tuples counted since are dead
+    bloat, method = estimate_bloat(dataclasses.replace(T, heap_bytes=26 * MiB, dead_tuples=70, live_tuples=30))
+    assert (round(bloat, 2), method) == (0.7, "statistics")
+
+
+def test_a_failed_measurement_keeps_the_statistics_estimate_and_says_so() -> None:
+    bloat, method = estimate_bloat(dataclasses.replace(T, approx_failed="timeout"))
+    assert 0.7 < bloat < 0.8 and method == "statistics; pgstattuple_approx timeout"
+    assert _assess(dataclasses.replace(T, approx_failed="timeout")).eligible
+
+
+def test_only_the_best_ranked_tables_in_the_filters_are_measured() -> None:
+    def t(name: str, heap_mib: int, **kw: object) -> Assessment:
+        return _assess(dataclasses.replace(T, table=name, heap_bytes=heap_mib * MiB, **kw))  # type: ignore[arg-type]
+
+    items = [t("a", 100), t("b", 200), t("c", 150), t("d", 400), t("refused", 900, has_key=False),
+             t("tiny", 100, total_bytes=1), t("stale", 26), t("tried", 800)]
+    items[-1] = dataclasses.replace(items[-1], skip="tried")
+    assert [a.facts.table for a in to_measure(items, 3)] == ["d", "b", "c"]
+    # a statistics estimate under the ratio may be stale: such a table is still worth measuring
+    assert [a.facts.table for a in to_measure(items, 10)] == ["d", "b", "c", "a", "stale"]
