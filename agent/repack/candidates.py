@@ -29,7 +29,12 @@ table's CHECK constraints, defaults, generated columns and triggers are not carr
 ANALYZE runs as the table's owner. So a table is refused when its indexes use a function or
 operator outside pg_catalog, or a domain, range or multirange type outside pg_catalog
 (`index_user_code`), and when its owner is not trusted (`untrusted_owner`): an owner can add such
-an index between this check and pg_repack's own reading of the indexes.
+an index between this check and pg_repack's own reading of the indexes. One more way in: the
+replay compares key columns with an unqualified `=` under pg_repack's search_path `pg_catalog,
+pg_temp, public`, so an operator in `public` that matches the key's types better than pg_catalog's
+(`=(varchar,varchar)`) runs as the superuser (reproduced); every table of a database whose `public`
+holds an operator a non-superuser owns, or whose function one owns, is refused
+(`public_user_operator`).
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class DatabaseFacts:
     binary_version: str | None        # `pg_repack --version`
     all_tables_publication: bool = False
     logical_slot: bool = False
+    public_operators: tuple[str, ...] = ()  # operators in `public` a non-superuser owns (or their code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +107,7 @@ class Assessment:
     method: str                      # pgstattuple_approx | statistics | dead_tuples
     skip: str = ""                   # not a candidate by the window's filters (no refusal)
     refusals: list[str] = field(default_factory=list)
+    db: DatabaseFacts | None = None
 
     @property
     def eligible(self) -> bool:
@@ -117,6 +124,8 @@ class Assessment:
             out["owner"] = self.facts.owner
         if "index_user_code" in self.refusals:
             out["index_code"] = list(self.facts.index_code)
+        if "public_user_operator" in self.refusals and self.db is not None:
+            out["public_operators"] = list(self.db.public_operators)
         return out
 
 
@@ -178,6 +187,8 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("untrusted_owner")
     if t.index_code:
         refusals.append("index_user_code")
+    if db.public_operators:
+        refusals.append("public_user_operator")
     if db.all_tables_publication:
         refusals.append("all_tables_publication")
     if db.logical_slot:
@@ -192,7 +203,7 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("repacked_recently")
     if throughput and seconds_left is not None and t.total_bytes / throughput * DURATION_MARGIN > seconds_left:
         refusals.append("window_too_short")
-    return Assessment(t, bloat, method, skip, refusals)
+    return Assessment(t, bloat, method, skip, refusals, db)
 
 
 def estimated_seconds(total_bytes: int, throughput: float | None) -> float | None:
@@ -286,7 +297,15 @@ SELECT (SELECT extversion FROM pg_extension WHERE extname = 'pg_repack') AS repa
        EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pgstattuple') AS has_pgstattuple,
        EXISTS (SELECT 1 FROM pg_publication WHERE puballtables) AS all_tables_publication,
        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_type = 'logical'
-                 AND database = current_database()) AS logical_slot
+                 AND database = current_database()) AS logical_slot,
+       ARRAY(SELECT format('operator public.%s(%s,%s)', op.oprname, format_type(op.oprleft, NULL),
+                           format_type(op.oprright, NULL))
+               FROM pg_operator op
+               JOIN pg_namespace n ON n.oid = op.oprnamespace AND n.nspname = 'public'
+               JOIN pg_proc p ON p.oid = op.oprcode
+               JOIN pg_roles ro ON ro.oid = op.oprowner
+               JOIN pg_roles rp ON rp.oid = p.proowner
+              WHERE NOT (ro.rolsuper AND rp.rolsuper) ORDER BY 1) AS public_operators
 """
 
 APPROX_SQL = """
@@ -307,7 +326,8 @@ async def read_database(conn: psycopg.AsyncConnection[dict[str, Any]], binary_ve
         ext = str(v["v"]).removeprefix("pg_repack").strip() if v else None
     return DatabaseFacts(extension_version=ext, binary_version=binary_version,
                          all_tables_publication=bool(row["all_tables_publication"]),
-                         logical_slot=bool(row["logical_slot"])), bool(row["has_pgstattuple"])
+                         logical_slot=bool(row["logical_slot"]),
+                         public_operators=tuple(row["public_operators"])), bool(row["has_pgstattuple"])
 
 
 async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: str) -> list[TableFacts]:

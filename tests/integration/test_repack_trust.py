@@ -159,3 +159,34 @@ async def test_every_way_an_index_runs_user_code_is_named(pg15: PgInstance, carr
 def _pg_config(pg: PgInstance, db: str) -> Any:
     return parse({"node": {"name": "n1"}, "etcd": {"scope": "x"},
                   "postgres": {"host": str(pg.socket_dir), "port": pg.port, "dbname": db}}).postgres
+
+
+def test_an_equality_operator_a_plain_role_put_in_public_refuses_the_database(
+        pg15: PgInstance, etcd: Etcd, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pg_repack's replay runs `UPDATE … WHERE (id) = ($1.id)` as the superuser under search_path
+    `pg_catalog, pg_temp, public`: for a varchar key, public.=(varchar,varchar) is the better match
+    than pg_catalog's =(text,text), and ran as postgres (reproduced with pg_repack 1.4.8)."""
+    n = next(_n)
+    db, role = f"trust_op_{n}", f"op_owner_{n}"
+    pg15.psql(f"CREATE DATABASE {db}")
+    pg15.psql(f"CREATE ROLE {role} LOGIN")
+    try:
+        q(pg15, db, "CREATE EXTENSION pg_repack")
+        q(pg15, db, f"GRANT CREATE ON SCHEMA public TO {role}")
+        q(pg15, db, "CREATE TABLE t (id varchar PRIMARY KEY, pad text)")  # a superuser's table
+        q(pg15, db, "INSERT INTO t SELECT i::text, repeat('x', 100) FROM generate_series(1, 20000) i")
+        q(pg15, db, "DELETE FROM t WHERE id::int % 10 < 7")
+        q(pg15, db, "VACUUM ANALYZE t")
+        with psycopg.connect(pg15.conninfo.replace("dbname=postgres", f"dbname={db}"), autocommit=True) as c:
+            c.execute(f"SET ROLE {role}".encode())
+            c.execute(b"CREATE FUNCTION public.veq(varchar, varchar) RETURNS boolean LANGUAGE sql IMMUTABLE "
+                      b"AS 'SELECT $1::text = $2::text'")
+            c.execute(b"CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.veq)")
+        plan.main(make_ctx(pg15, etcd, db, tmp_path).config)
+        out = capsys.readouterr().out
+        assert re.search(r"public\.t .*REFUSED \(public_user_operator\)", out), out
+        assert "public_operators: operator public.=(character varying,character varying)" in out
+    finally:
+        with pg15.connect() as conn:
+            conn.execute(f"DROP DATABASE {db} WITH (FORCE)".encode())
+            conn.execute(f"DROP ROLE {role}".encode())

@@ -103,6 +103,12 @@ def test_a_table_whose_indexes_run_user_code_is_refused_even_for_a_trusted_owner
     assert a.refusals == ["index_user_code"] and a.details() == {"index_code": list(code)}
 
 
+def test_a_user_operator_in_public_refuses_every_table_of_the_database() -> None:
+    ops = ("operator public.=(character varying,character varying)",)
+    a = _assess(db=dataclasses.replace(DB, public_operators=ops))
+    assert a.refusals == ["public_user_operator"] and a.details() == {"public_operators": list(ops)}
+
+
 def test_table_facts_without_an_owner_fail_closed() -> None:
     bare = TableFacts(database="db", oid=1, schema="public", table="t", heap_bytes=1, total_bytes=1,
                       reltuples=1, row_width=1.0, dead_tuples=0, live_tuples=1)
