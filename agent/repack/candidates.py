@@ -29,12 +29,14 @@ table's CHECK constraints, defaults, generated columns and triggers are not carr
 ANALYZE runs as the table's owner. So a table is refused when its indexes use a function or
 operator outside pg_catalog, or a domain, range or multirange type outside pg_catalog
 (`index_user_code`), and when its owner is not trusted (`untrusted_owner`): an owner can add such
-an index between this check and pg_repack's own reading of the indexes. One more way in: the
-replay compares key columns with an unqualified `=` under pg_repack's search_path `pg_catalog,
-pg_temp, public`, so an operator in `public` that matches the key's types better than pg_catalog's
-(`=(varchar,varchar)`) runs as the superuser (reproduced); every table of a database whose `public`
-holds an operator a non-superuser owns, or whose function one owns, is refused
-(`public_user_operator`).
+an index between this check and pg_repack's own reading of the indexes. One more way in, for every
+table of a database: pg_repack's own SQL calls functions and operators unqualified under its
+search_path `pg_catalog, pg_temp, public`, and a `public` one that fits the arguments better than
+pg_catalog's wins. Both ran as the superuser in tests: `public.pg_try_advisory_lock(text, integer)`
+(pg_repack passes that call an untyped parameter) before anything else, and `public.=(varchar,
+varchar)` in the replay's `WHERE (key) = ($1.key)`. So a database whose `public` holds a function or
+operator of a role that is not trusted (or a function behind such an operator) is refused whole
+(`public_user_code`).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class DatabaseFacts:
     binary_version: str | None        # `pg_repack --version`
     all_tables_publication: bool = False
     logical_slot: bool = False
-    public_operators: tuple[str, ...] = ()  # operators in `public` a non-superuser owns (or their code)
+    public_code: tuple[tuple[str, str], ...] = ()  # (function/operator in `public`, its non-superuser owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,7 @@ class Assessment:
     method: str                      # pgstattuple_approx | statistics | dead_tuples
     skip: str = ""                   # not a candidate by the window's filters (no refusal)
     refusals: list[str] = field(default_factory=list)
-    db: DatabaseFacts | None = None
+    public_code: list[str] = field(default_factory=list)  # what refused it for public_user_code
 
     @property
     def eligible(self) -> bool:
@@ -124,8 +126,8 @@ class Assessment:
             out["owner"] = self.facts.owner
         if "index_user_code" in self.refusals:
             out["index_code"] = list(self.facts.index_code)
-        if "public_user_operator" in self.refusals and self.db is not None:
-            out["public_operators"] = list(self.db.public_operators)
+        if self.public_code:
+            out["public_code"] = self.public_code
         return out
 
 
@@ -187,8 +189,9 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("untrusted_owner")
     if t.index_code:
         refusals.append("index_user_code")
-    if db.public_operators:
-        refusals.append("public_user_operator")
+    public_code = [what for what, owner in db.public_code if owner not in cfg.trusted_owners]
+    if public_code:
+        refusals.append("public_user_code")
     if db.all_tables_publication:
         refusals.append("all_tables_publication")
     if db.logical_slot:
@@ -203,7 +206,7 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("repacked_recently")
     if throughput and seconds_left is not None and t.total_bytes / throughput * DURATION_MARGIN > seconds_left:
         refusals.append("window_too_short")
-    return Assessment(t, bloat, method, skip, refusals, db)
+    return Assessment(t, bloat, method, skip, refusals, public_code)
 
 
 def estimated_seconds(total_bytes: int, throughput: float | None) -> float | None:
@@ -298,14 +301,21 @@ SELECT (SELECT extversion FROM pg_extension WHERE extname = 'pg_repack') AS repa
        EXISTS (SELECT 1 FROM pg_publication WHERE puballtables) AS all_tables_publication,
        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_type = 'logical'
                  AND database = current_database()) AS logical_slot,
-       ARRAY(SELECT format('operator public.%s(%s,%s)', op.oprname, format_type(op.oprleft, NULL),
-                           format_type(op.oprright, NULL))
-               FROM pg_operator op
-               JOIN pg_namespace n ON n.oid = op.oprnamespace AND n.nspname = 'public'
-               JOIN pg_proc p ON p.oid = op.oprcode
-               JOIN pg_roles ro ON ro.oid = op.oprowner
-               JOIN pg_roles rp ON rp.oid = p.proowner
-              WHERE NOT (ro.rolsuper AND rp.rolsuper) ORDER BY 1) AS public_operators
+       (SELECT coalesce(json_agg(json_build_array(x, owner) ORDER BY x, owner), '[]') FROM (
+          SELECT format('function public.%s(%s)', quote_ident(p.proname),
+                        pg_get_function_identity_arguments(p.oid)) AS x, r.rolname AS owner
+            FROM pg_proc p
+            JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = 'public'
+            JOIN pg_roles r ON r.oid = p.proowner
+           WHERE NOT r.rolsuper AND r.rolname <> current_user
+          UNION
+          SELECT format('operator public.%s(%s,%s)', op.oprname, format_type(op.oprleft, NULL),
+                        format_type(op.oprright, NULL)), r.rolname
+            FROM pg_operator op
+            JOIN pg_namespace n ON n.oid = op.oprnamespace AND n.nspname = 'public'
+            JOIN pg_proc p ON p.oid = op.oprcode
+            JOIN pg_roles r ON r.oid IN (op.oprowner, p.proowner)
+           WHERE NOT r.rolsuper AND r.rolname <> current_user) c) AS public_code
 """
 
 APPROX_SQL = """
@@ -327,7 +337,8 @@ async def read_database(conn: psycopg.AsyncConnection[dict[str, Any]], binary_ve
     return DatabaseFacts(extension_version=ext, binary_version=binary_version,
                          all_tables_publication=bool(row["all_tables_publication"]),
                          logical_slot=bool(row["logical_slot"]),
-                         public_operators=tuple(row["public_operators"])), bool(row["has_pgstattuple"])
+                         public_code=tuple((str(w), str(o)) for w, o in row["public_code"])
+                         ), bool(row["has_pgstattuple"])
 
 
 async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: str) -> list[TableFacts]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,10 @@ def test_plan_names_both_refusals_of_an_untrusted_owners_table_with_index_code(
     db, role = owned
     plan.main(make_ctx(pg15, etcd, db, tmp_path).config)
     out = capsys.readouterr().out
-    assert re.search(r"public\.t .*REFUSED \(untrusted_owner, index_user_code\)", out), out
+    assert re.search(r"public\.t .*REFUSED \(untrusted_owner, index_user_code, public_user_code\)", out), out
     assert f"owner: {role}" in out
     assert "index_code: function public.f(integer)" in out
+    assert "public_code: function public.f(integer), function public.g()" in out
     assert not superuser(pg15, role)
 
 
@@ -161,32 +163,69 @@ def _pg_config(pg: PgInstance, db: str) -> Any:
                   "postgres": {"host": str(pg.socket_dir), "port": pg.port, "dbname": db}}).postgres
 
 
-def test_an_equality_operator_a_plain_role_put_in_public_refuses_the_database(
-        pg15: PgInstance, etcd: Etcd, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """pg_repack's replay runs `UPDATE … WHERE (id) = ($1.id)` as the superuser under search_path
-    `pg_catalog, pg_temp, public`: for a varchar key, public.=(varchar,varchar) is the better match
-    than pg_catalog's =(text,text), and ran as postgres (reproduced with pg_repack 1.4.8)."""
+# pg_repack's own SQL under its search_path `pg_catalog, pg_temp, public`: both ran as postgres
+# with pg_repack 1.4.8 (the function at the start of every table, the operator in the replay of a
+# varchar key's changes, where it fits better than pg_catalog's =(text,text)).
+SHADOWS = {
+    "function": [
+        "CREATE FUNCTION public.pg_try_advisory_lock(text, integer) RETURNS boolean LANGUAGE plpgsql AS $$\n"
+        "BEGIN IF current_user = 'postgres' THEN EXECUTE 'ALTER ROLE {role} SUPERUSER'; END IF;\n"
+        "RETURN pg_catalog.pg_try_advisory_lock($1::bigint); END $$"],
+    "operator": [
+        "CREATE FUNCTION public.veq(varchar, varchar) RETURNS boolean LANGUAGE sql IMMUTABLE "
+        "AS 'SELECT $1::text = $2::text'",
+        "CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.veq)"],
+}
+NAMED = {"function": "function public.pg_try_advisory_lock(text, integer)",
+         "operator": "operator public.=(character varying,character varying)"}
+
+
+@contextmanager
+def shadowed(pg15: PgInstance, kind: str) -> Iterator[tuple[str, str]]:
+    """(database, role): a superuser's bloated table `t` (varchar key) in a database where a
+    plain role with CREATE on public put a function or operator that shadows pg_catalog's."""
     n = next(_n)
-    db, role = f"trust_op_{n}", f"op_owner_{n}"
+    db, role = f"shadow_{n}", f"shadow_owner_{n}"
     pg15.psql(f"CREATE DATABASE {db}")
     pg15.psql(f"CREATE ROLE {role} LOGIN")
+    q(pg15, db, "CREATE EXTENSION pg_repack")
+    q(pg15, db, f"GRANT CREATE ON SCHEMA public TO {role}")
+    q(pg15, db, "CREATE TABLE t (id varchar PRIMARY KEY, pad text)")
+    q(pg15, db, "INSERT INTO t SELECT i::text, repeat('x', 100) FROM generate_series(1, 20000) i")
+    q(pg15, db, "DELETE FROM t WHERE id::int % 10 < 7")
+    q(pg15, db, "VACUUM ANALYZE t")
+    with psycopg.connect(pg15.conninfo.replace("dbname=postgres", f"dbname={db}"), autocommit=True) as c:
+        c.execute(f"SET ROLE {role}".encode())
+        for stmt in SHADOWS[kind]:
+            c.execute(stmt.replace("{role}", role).encode())
     try:
-        q(pg15, db, "CREATE EXTENSION pg_repack")
-        q(pg15, db, f"GRANT CREATE ON SCHEMA public TO {role}")
-        q(pg15, db, "CREATE TABLE t (id varchar PRIMARY KEY, pad text)")  # a superuser's table
-        q(pg15, db, "INSERT INTO t SELECT i::text, repeat('x', 100) FROM generate_series(1, 20000) i")
-        q(pg15, db, "DELETE FROM t WHERE id::int % 10 < 7")
-        q(pg15, db, "VACUUM ANALYZE t")
-        with psycopg.connect(pg15.conninfo.replace("dbname=postgres", f"dbname={db}"), autocommit=True) as c:
-            c.execute(f"SET ROLE {role}".encode())
-            c.execute(b"CREATE FUNCTION public.veq(varchar, varchar) RETURNS boolean LANGUAGE sql IMMUTABLE "
-                      b"AS 'SELECT $1::text = $2::text'")
-            c.execute(b"CREATE OPERATOR public.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = public.veq)")
-        plan.main(make_ctx(pg15, etcd, db, tmp_path).config)
-        out = capsys.readouterr().out
-        assert re.search(r"public\.t .*REFUSED \(public_user_operator\)", out), out
-        assert "public_operators: operator public.=(character varying,character varying)" in out
+        yield db, role
     finally:
         with pg15.connect() as conn:
             conn.execute(f"DROP DATABASE {db} WITH (FORCE)".encode())
             conn.execute(f"DROP ROLE {role}".encode())
+
+
+@pytest.mark.parametrize("kind", sorted(SHADOWS))
+def test_plan_refuses_a_database_whose_public_schema_holds_a_plain_roles_code(
+        pg15: PgInstance, etcd: Etcd, kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with shadowed(pg15, kind) as (db, _):
+        plan.main(make_ctx(pg15, etcd, db, tmp_path).config)
+    out = capsys.readouterr().out
+    assert re.search(r"public\.t .*REFUSED \(public_user_code\)", out), out
+    (line,) = [ln for ln in out.splitlines() if "public_code: " in ln]
+    assert NAMED[kind] in line, line
+
+
+async def test_a_function_shadowing_pg_repacks_own_calls_does_not_make_its_owner_superuser(
+        pg15: PgInstance, etcd: Etcd, tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    with shadowed(pg15, "function") as (db, role):
+        ctx = make_ctx(pg15, etcd, db, tmp_path)
+        async with started(ctx):
+            confirm_primary(ctx)
+            with anyio.fail_after(60):
+                while not any(e["event"] in ("repack_window_done", "repack_finished") for e in logs):
+                    await anyio.sleep(0.05)
+        assert not superuser(pg15, role)
+    refused = [(e["table"], e["reasons"], e["public_code"]) for e in logs if e["event"] == "repack_table_refused"]
+    assert refused == [("public.t", ["public_user_code"], [NAMED["function"]])], refused

@@ -103,10 +103,19 @@ def test_a_table_whose_indexes_run_user_code_is_refused_even_for_a_trusted_owner
     assert a.refusals == ["index_user_code"] and a.details() == {"index_code": list(code)}
 
 
-def test_a_user_operator_in_public_refuses_every_table_of_the_database() -> None:
-    ops = ("operator public.=(character varying,character varying)",)
-    a = _assess(db=dataclasses.replace(DB, public_operators=ops))
-    assert a.refusals == ["public_user_operator"] and a.details() == {"public_operators": list(ops)}
+def test_user_code_in_public_refuses_every_table_of_the_database_unless_its_owner_is_trusted() -> None:
+    code = (("function public.pg_try_advisory_lock(text, integer)", "mallory"),
+            ("operator public.=(character varying,character varying)", "app_owner"))
+    a = _assess(db=dataclasses.replace(DB, public_code=code))
+    assert a.refusals == ["public_user_code"]
+    assert a.details() == {"public_code": [code[0][0], code[1][0]]}
+    trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
+    b = assess(T, dataclasses.replace(DB, public_code=code), W, trusting, free_disk_bytes=10**12,
+               last_success=None, now=0.0)
+    assert b.details() == {"public_code": [code[0][0]]}
+    trusting_both = dataclasses.replace(CFG, trusted_owners=["app_owner", "mallory"])
+    assert assess(T, dataclasses.replace(DB, public_code=code), W, trusting_both, free_disk_bytes=10**12,
+                  last_success=None, now=0.0).refusals == []
 
 
 def test_table_facts_without_an_owner_fail_closed() -> None:
