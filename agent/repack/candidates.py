@@ -14,7 +14,7 @@ ratio. Then, with the `pgstattuple` extension in the database, `pgstattuple_appr
 the visibility map does not vouch for) measures only the few tables that rank highest by that
 estimate, each under its own server-side statement_timeout (`repack.measure_timeout`), with a
 heartbeat after each: a database of thousands of tables must not hold the loop past the watchdog.
-A table whose measurement times out is named (`repack_bloat_measure_failed`) and keeps its
+A table whose measurement times out is named (`approx_failed`) and keeps its
 statistics estimate: it is still a candidate, as it would be without pgstattuple; a big, hot table
 is the one most likely to time out and the one an operator most wants repacked.
 
@@ -48,11 +48,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
-import structlog
 
 from agent.core.config import RepackConfig, RepackWindow
-
-log = structlog.get_logger("repack")
 
 PAGE = 8192
 PAGE_HEADER = 24
@@ -373,23 +370,15 @@ Judge = Callable[[TableFacts, DatabaseFacts], Assessment]
 async def survey(conn: psycopg.AsyncConnection[dict[str, Any]], database: str, binary_version: str | None,
                  judge: Judge, *, measure_timeout: float, beat: Callable[[], None]) -> list[Assessment]:
     """Every table of one database assessed, most reclaimable first. `beat` is called after each
-    query: each is bounded by a statement_timeout, so the gaps between beats are too."""
+    query: each is bounded by a statement_timeout, so the gaps between beats are too. Tables
+    whose measurement failed carry `approx_failed`; the caller names them."""
     dbf, has_pgstattuple = await read_database(conn, binary_version)
     beat()
     items = [judge(t, dbf) for t in await read_tables(conn, database)]
     beat()
-    measured = 0
     if has_pgstattuple:
         where = {id(a): i for i, a in enumerate(items)}
         for a in to_measure(items):
-            t = await measure(conn, a.facts, measure_timeout)
+            items[where[id(a)]] = judge(await measure(conn, a.facts, measure_timeout), dbf)
             beat()
-            measured += 1
-            if t.approx_failed:
-                log.warning("repack_bloat_measure_failed", database=database, table=t.name, reason=t.approx_failed,
-                            timeout_seconds=measure_timeout, estimate_ratio=round(a.bloat, 3))
-            items[where[id(a)]] = judge(t, dbf)
-    items = order(items)
-    log.info("repack_candidates_surveyed", database=database, tables=len(items), measured=measured,
-             eligible=sum(a.eligible for a in items))
-    return items
+    return order(items)

@@ -172,6 +172,14 @@ class RepackJob:
                 log.warning("repack_candidates_unreadable", database=db, error=str(e).strip()[:200])
                 continue
             for a in items:
+                if a.facts.approx_failed:
+                    log.warning("repack_bloat_measure_failed", database=db, table=a.facts.name,
+                                reason=a.facts.approx_failed, timeout_seconds=float(cfg.repack.measure_timeout),
+                                estimate_ratio=round(a.bloat, 3))
+            log.info("repack_candidates_surveyed", database=db, tables=len(items),
+                     measured=sum(a.facts.approx_bloat is not None or bool(a.facts.approx_failed) for a in items),
+                     eligible=sum(a.eligible for a in items))
+            for a in items:
                 key = table_key(db, a.facts.schema, a.facts.table)
                 if a.skip or (slot.key, key) in self._tried:
                     continue
