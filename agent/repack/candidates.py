@@ -34,9 +34,11 @@ table of a database: pg_repack's own SQL calls functions and operators unqualifi
 search_path `pg_catalog, pg_temp, public`, and a `public` one that fits the arguments better than
 pg_catalog's wins. Both ran as the superuser in tests: `public.pg_try_advisory_lock(text, integer)`
 (pg_repack passes that call an untyped parameter) before anything else, and `public.=(varchar,
-varchar)` in the replay's `WHERE (key) = ($1.key)`. So a database whose `public` holds a function or
-operator of a role that is not trusted (or a function behind such an operator) is refused whole
-(`public_user_code`).
+varchar)` in the replay's `WHERE (key) = ($1.key)`. So a database is refused whole when its `public` holds a
+function or operator of a role that is not trusted, or a function behind such an operator
+(`public_user_code`), and when a role that is not trusted may create in `public`
+(`public_writable`): checking what is there now cannot stop one created between this check and
+pg_repack's start. (PostgreSQL 15 lets only the database's owner create in `public` by default.)
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ class DatabaseFacts:
     all_tables_publication: bool = False
     logical_slot: bool = False
     public_code: tuple[tuple[str, str], ...] = ()  # (function/operator in `public`, its non-superuser owner)
+    public_writers: tuple[str, ...] = ()  # non-superuser roles with CREATE on `public`
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ class Assessment:
     skip: str = ""                   # not a candidate by the window's filters (no refusal)
     refusals: list[str] = field(default_factory=list)
     public_code: list[str] = field(default_factory=list)  # what refused it for public_user_code
+    public_writers: list[str] = field(default_factory=list)  # who refused it for public_writable
 
     @property
     def eligible(self) -> bool:
@@ -125,6 +129,8 @@ class Assessment:
             out["index_code"] = list(self.facts.index_code)
         if self.public_code:
             out["public_code"] = self.public_code
+        if self.public_writers:
+            out["public_writers"] = self.public_writers
         return out
 
 
@@ -189,6 +195,9 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
     public_code = [what for what, owner in db.public_code if owner not in cfg.trusted_owners]
     if public_code:
         refusals.append("public_user_code")
+    public_writers = [r for r in db.public_writers if r not in cfg.trusted_owners]
+    if public_writers:
+        refusals.append("public_writable")
     if db.all_tables_publication:
         refusals.append("all_tables_publication")
     if db.logical_slot:
@@ -203,7 +212,7 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("repacked_recently")
     if throughput and seconds_left is not None and t.total_bytes / throughput * DURATION_MARGIN > seconds_left:
         refusals.append("window_too_short")
-    return Assessment(t, bloat, method, skip, refusals, public_code)
+    return Assessment(t, bloat, method, skip, refusals, public_code, public_writers)
 
 
 def estimated_seconds(total_bytes: int, throughput: float | None) -> float | None:
@@ -312,7 +321,11 @@ SELECT (SELECT extversion FROM pg_extension WHERE extname = 'pg_repack') AS repa
             JOIN pg_namespace n ON n.oid = op.oprnamespace AND n.nspname = 'public'
             JOIN pg_proc p ON p.oid = op.oprcode
             JOIN pg_roles r ON r.oid IN (op.oprowner, p.proowner)
-           WHERE NOT r.rolsuper AND r.rolname <> current_user) c) AS public_code
+           WHERE NOT r.rolsuper AND r.rolname <> current_user) c) AS public_code,
+       ARRAY(SELECT r.rolname FROM pg_roles r, pg_namespace n
+              WHERE n.nspname = 'public' AND r.oid >= 16384  -- not the predefined pg_* roles
+                AND NOT r.rolsuper AND r.rolname <> current_user
+                AND has_schema_privilege(r.oid, n.oid, 'CREATE') ORDER BY 1) AS public_writers
 """
 
 APPROX_SQL = """
@@ -334,8 +347,8 @@ async def read_database(conn: psycopg.AsyncConnection[dict[str, Any]], binary_ve
     return DatabaseFacts(extension_version=ext, binary_version=binary_version,
                          all_tables_publication=bool(row["all_tables_publication"]),
                          logical_slot=bool(row["logical_slot"]),
-                         public_code=tuple((str(w), str(o)) for w, o in row["public_code"])
-                         ), bool(row["has_pgstattuple"])
+                         public_code=tuple((str(w), str(o)) for w, o in row["public_code"]),
+                         public_writers=tuple(row["public_writers"])), bool(row["has_pgstattuple"])
 
 
 async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: str) -> list[TableFacts]:

@@ -88,7 +88,8 @@ def test_plan_names_both_refusals_of_an_untrusted_owners_table_with_index_code(
     db, role = owned
     plan.main(make_ctx(pg15, etcd, db, tmp_path).config)
     out = capsys.readouterr().out
-    assert re.search(r"public\.t .*REFUSED \(untrusted_owner, index_user_code, public_user_code\)", out), out
+    assert re.search(r"public\.t .*REFUSED \(untrusted_owner, index_user_code, public_user_code, "
+                     r"public_writable\)", out), out
     assert f"owner: {role}" in out
     assert "index_code: function public.f(integer)" in out
     assert "public_code: function public.f(integer), function public.g()" in out
@@ -212,7 +213,7 @@ def test_plan_refuses_a_database_whose_public_schema_holds_a_plain_roles_code(
     with shadowed(pg15, kind) as (db, _):
         plan.main(make_ctx(pg15, etcd, db, tmp_path).config)
     out = capsys.readouterr().out
-    assert re.search(r"public\.t .*REFUSED \(public_user_code\)", out), out
+    assert re.search(r"public\.t .*REFUSED \(public_user_code, public_writable\)", out), out
     (line,) = [ln for ln in out.splitlines() if "public_code: " in ln]
     assert NAMED[kind] in line, line
 
@@ -228,4 +229,20 @@ async def test_a_function_shadowing_pg_repacks_own_calls_does_not_make_its_owner
                     await anyio.sleep(0.05)
         assert not superuser(pg15, role)
     refused = [(e["table"], e["reasons"], e["public_code"]) for e in logs if e["event"] == "repack_table_refused"]
-    assert refused == [("public.t", ["public_user_code"], [NAMED["function"]])], refused
+    assert refused == [("public.t", ["public_user_code", "public_writable"], [NAMED["function"]])], refused
+
+
+def test_a_database_whose_public_schema_a_plain_role_may_write_is_refused_until_that_role_is_trusted(
+        pg15: PgInstance, etcd: Etcd, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing planted yet, but the role could create a shadowing function between the check and
+    pg_repack's start: the capability is refused, not only what exists."""
+    with shadowed(pg15, "function") as (db, role):
+        with pg15.connect(db) as c:
+            c.execute(b"DROP FUNCTION public.pg_try_advisory_lock(text, integer)")
+        plan.main(make_ctx(pg15, etcd, db, tmp_path).config)
+        refused = capsys.readouterr().out
+        plan.main(make_ctx(pg15, etcd, db, tmp_path, trusted_owners=[role]).config)
+        trusted = capsys.readouterr().out
+    assert re.search(r"public\.t .*REFUSED \(public_writable\)", refused), refused
+    assert f"public_writers: {role}" in refused
+    assert re.search(r"public\.t .*WOULD REPACK", trusted), trusted

@@ -118,6 +118,14 @@ def test_user_code_in_public_refuses_every_table_of_the_database_unless_its_owne
                   last_success=None, now=0.0).refusals == []
 
 
+def test_a_database_whose_public_schema_a_role_not_trusted_may_write_is_refused() -> None:
+    db = dataclasses.replace(DB, public_writers=("app_owner", "mallory"))
+    a = _assess(db=db)
+    assert a.refusals == ["public_writable"] and a.details() == {"public_writers": ["app_owner", "mallory"]}
+    trusting = dataclasses.replace(CFG, trusted_owners=["app_owner", "mallory"])
+    assert assess(T, db, W, trusting, free_disk_bytes=10**12, last_success=None, now=0.0).refusals == []
+
+
 def test_table_facts_without_an_owner_fail_closed() -> None:
     bare = TableFacts(database="db", oid=1, schema="public", table="t", heap_bytes=1, total_bytes=1,
                       reltuples=1, row_width=1.0, dead_tuples=0, live_tuples=1)
