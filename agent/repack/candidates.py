@@ -2,7 +2,8 @@
 
 The decision (`assess`) is pure: it takes one row of catalog facts per table plus the history
 and the free disk, and returns either a candidate or the named reasons it is not one. SQL only
-gathers those facts (`TABLES_SQL`, one query per database).
+gathers those facts (`TABLES_SQL` and `trust`'s queries, set-wise: nothing runs per table but the
+few measurements below).
 
 Bloat estimate. First from statistics, for every table in one query: the expected heap is
 `reltuples x (row width from pg_stats + 28 bytes of tuple header and line pointer)` packed into
@@ -14,31 +15,11 @@ ratio. Then, with the `pgstattuple` extension in the database, `pgstattuple_appr
 the visibility map does not vouch for) measures only the few tables that rank highest by that
 estimate, each under its own server-side statement_timeout (`repack.measure_timeout`), with a
 heartbeat after each: a database of thousands of tables must not hold the loop past the watchdog.
-A table whose measurement times out is named (`approx_failed`) and keeps its
-statistics estimate: it is still a candidate, as it would be without pgstattuple; a big, hot table
-is the one most likely to time out and the one an operator most wants repacked.
+A table whose measurement times out is named (`approx_failed`) and keeps its statistics estimate:
+it is still a candidate, as it would be without pgstattuple; a big, hot table is the one most likely
+to time out and the one an operator most wants repacked.
 
-Whose code a repack runs. pg_repack (a superuser session) copies the heap into
-`repack.table_<oid>`, a table that session owns, builds the original's indexes on it, and replays
-the logged changes into it. Index builds and inserts evaluate index expressions and predicates,
-the functions behind their operators, CHECKs of domains they cast to, and (GiST) a range type's
-`subtype_diff`, all as the copy's owner: the superuser. Each of these made a plain table owner a
-superuser on PostgreSQL 15 + pg_repack 1.4.8. What pg_repack does not run as the superuser: the
-table's CHECK constraints, defaults, generated columns and triggers are not carried to the copy
-(`CREATE TABLE … AS SELECT`, tested), row security is bypassed by a superuser, and the closing
-ANALYZE runs as the table's owner. So a table is refused when its indexes use a function or
-operator outside pg_catalog, or a domain, range or multirange type outside pg_catalog
-(`index_user_code`), and when its owner is not trusted (`untrusted_owner`): an owner can add such
-an index between this check and pg_repack's own reading of the indexes. One more way in, for every
-table of a database: pg_repack's own SQL calls functions and operators unqualified under its
-search_path `pg_catalog, pg_temp, public`, and a `public` one that fits the arguments better than
-pg_catalog's wins. Both ran as the superuser in tests: `public.pg_try_advisory_lock(text, integer)`
-(pg_repack passes that call an untyped parameter) before anything else, and `public.=(varchar,
-varchar)` in the replay's `WHERE (key) = ($1.key)`. So a database is refused whole when its `public` holds a
-function or operator of a role that is not trusted, or a function behind such an operator
-(`public_user_code`), and when a role that is not trusted may create in `public`
-(`public_writable`): checking what is there now cannot stop one created between this check and
-pg_repack's start. (PostgreSQL 15 lets only the database's owner create in `public` by default.)
+Who may be repacked at all (whose code pg_repack would run as a superuser) is `trust`'s concern.
 """
 
 from __future__ import annotations
@@ -52,6 +33,7 @@ from typing import Any
 import psycopg
 
 from agent.core.config import RepackConfig, RepackWindow
+from agent.repack import trust
 
 PAGE = 8192
 PAGE_HEADER = 24
@@ -98,8 +80,7 @@ class DatabaseFacts:
     binary_version: str | None        # `pg_repack --version`
     all_tables_publication: bool = False
     logical_slot: bool = False
-    public_code: tuple[tuple[str, str], ...] = ()  # (function/operator in `public`, its non-superuser owner)
-    public_writers: tuple[str, ...] = ()  # non-superuser roles with CREATE on `public`
+    public: trust.PublicSchema = field(default_factory=trust.PublicSchema)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +90,7 @@ class Assessment:
     method: str                      # pgstattuple_approx | statistics | dead_tuples
     skip: str = ""                   # not a candidate by the window's filters (no refusal)
     refusals: list[str] = field(default_factory=list)
-    public_code: list[str] = field(default_factory=list)  # what refused it for public_user_code
-    public_writers: list[str] = field(default_factory=list)  # who refused it for public_writable
+    details: dict[str, object] = field(default_factory=dict)  # what an operator needs beside a refusal
 
     @property
     def eligible(self) -> bool:
@@ -119,19 +99,6 @@ class Assessment:
     @property
     def bloat_bytes(self) -> int:
         return int(self.bloat * self.facts.heap_bytes)
-
-    def details(self) -> dict[str, object]:
-        """What an operator needs beside a refusal's name to act on it."""
-        out: dict[str, object] = {}
-        if "untrusted_owner" in self.refusals:
-            out["owner"] = self.facts.owner
-        if "index_user_code" in self.refusals:
-            out["index_code"] = list(self.facts.index_code)
-        if self.public_code:
-            out["public_code"] = self.public_code
-        if self.public_writers:
-            out["public_writers"] = self.public_writers
-        return out
 
 
 def matches(name: str, include: list[str], exclude: list[str]) -> bool:
@@ -188,16 +155,8 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("invalid_index")
     if t.deferrable_unique:
         refusals.append("deferrable_unique")
-    if not (t.owner_trusted or t.owner in cfg.trusted_owners):
-        refusals.append("untrusted_owner")
-    if t.index_code:
-        refusals.append("index_user_code")
-    public_code = [what for what, owner in db.public_code if owner not in cfg.trusted_owners]
-    if public_code:
-        refusals.append("public_user_code")
-    public_writers = [r for r in db.public_writers if r not in cfg.trusted_owners]
-    if public_writers:
-        refusals.append("public_writable")
+    untrusted = trust.refusals(t.owner, t.owner_trusted, t.index_code, db.public, cfg.trusted_owners)
+    refusals += untrusted
     if db.all_tables_publication:
         refusals.append("all_tables_publication")
     if db.logical_slot:
@@ -212,7 +171,8 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("repacked_recently")
     if throughput and seconds_left is not None and t.total_bytes / throughput * DURATION_MARGIN > seconds_left:
         refusals.append("window_too_short")
-    return Assessment(t, bloat, method, skip, refusals, public_code, public_writers)
+    details = {k: v for d in untrusted.values() for k, v in d.items()}
+    return Assessment(t, bloat, method, skip, refusals, details)
 
 
 def estimated_seconds(total_bytes: int, throughput: float | None) -> float | None:
@@ -266,66 +226,12 @@ SELECT c.oid::bigint AS oid, n.nspname AS schema, c.relname AS table,
    AND n.nspname !~ '^pg_(toast|temp)'
 """
 
-# What building a table's indexes would run outside pg_catalog (see the module's docstring), in
-# one pass over all indexes: functions and operators their expressions and predicates use, and
-# domain/range/multirange types they use or index.
-INDEX_CODE_SQL = """
-SELECT indrelid::bigint AS oid, array_agg(DISTINCT x ORDER BY x) AS code FROM (
-  SELECT i.indrelid, format('function %s.%s(%s)', p.pronamespace::regnamespace, quote_ident(p.proname),
-                            pg_get_function_identity_arguments(p.oid)) AS x
-    FROM pg_index i
-    JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
-                    AND d.refclassid = 'pg_proc'::regclass
-    JOIN pg_proc p ON p.oid = d.refobjid
-   WHERE p.pronamespace <> 'pg_catalog'::regnamespace
-  UNION ALL
-  SELECT i.indrelid, format('operator %s.%s(%s,%s)', op.oprnamespace::regnamespace, op.oprname,
-                            format_type(op.oprleft, NULL), format_type(op.oprright, NULL))
-    FROM pg_index i
-    JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
-                    AND d.refclassid = 'pg_operator'::regclass
-    JOIN pg_operator op ON op.oid = d.refobjid
-    JOIN pg_proc p ON p.oid = op.oprcode
-   WHERE 'pg_catalog'::regnamespace <> ANY (ARRAY[op.oprnamespace, p.pronamespace])
-  UNION ALL
-  SELECT u.indrelid, format('type %s.%s', ty.typnamespace::regnamespace, quote_ident(ty.typname))
-    FROM (SELECT i.indrelid, a.atttypid AS typ
-            FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indexrelid
-          UNION
-          SELECT i.indrelid, d.refobjid
-            FROM pg_index i
-            JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid
-                            AND d.refclassid = 'pg_type'::regclass) u
-    JOIN pg_type ty ON ty.oid = u.typ
-   WHERE ty.typnamespace <> 'pg_catalog'::regnamespace AND ty.typtype IN ('d', 'r', 'm')
-) code GROUP BY indrelid
-"""
-
 DATABASE_SQL = """
 SELECT (SELECT extversion FROM pg_extension WHERE extname = 'pg_repack') AS repack_extension,
        EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pgstattuple') AS has_pgstattuple,
        EXISTS (SELECT 1 FROM pg_publication WHERE puballtables) AS all_tables_publication,
        EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_type = 'logical'
-                 AND database = current_database()) AS logical_slot,
-       (SELECT coalesce(json_agg(json_build_array(x, owner) ORDER BY x, owner), '[]') FROM (
-          SELECT format('function public.%s(%s)', quote_ident(p.proname),
-                        pg_get_function_identity_arguments(p.oid)) AS x, r.rolname AS owner
-            FROM pg_proc p
-            JOIN pg_namespace n ON n.oid = p.pronamespace AND n.nspname = 'public'
-            JOIN pg_roles r ON r.oid = p.proowner
-           WHERE NOT r.rolsuper AND r.rolname <> current_user
-          UNION
-          SELECT format('operator public.%s(%s,%s)', op.oprname, format_type(op.oprleft, NULL),
-                        format_type(op.oprright, NULL)), r.rolname
-            FROM pg_operator op
-            JOIN pg_namespace n ON n.oid = op.oprnamespace AND n.nspname = 'public'
-            JOIN pg_proc p ON p.oid = op.oprcode
-            JOIN pg_roles r ON r.oid IN (op.oprowner, p.proowner)
-           WHERE NOT r.rolsuper AND r.rolname <> current_user) c) AS public_code,
-       ARRAY(SELECT r.rolname FROM pg_roles r, pg_namespace n
-              WHERE n.nspname = 'public' AND r.oid >= 16384  -- not the predefined pg_* roles
-                AND NOT r.rolsuper AND r.rolname <> current_user
-                AND has_schema_privilege(r.oid, n.oid, 'CREATE') ORDER BY 1) AS public_writers
+                 AND database = current_database()) AS logical_slot
 """
 
 APPROX_SQL = """
@@ -347,13 +253,12 @@ async def read_database(conn: psycopg.AsyncConnection[dict[str, Any]], binary_ve
     return DatabaseFacts(extension_version=ext, binary_version=binary_version,
                          all_tables_publication=bool(row["all_tables_publication"]),
                          logical_slot=bool(row["logical_slot"]),
-                         public_code=tuple((str(w), str(o)) for w, o in row["public_code"]),
-                         public_writers=tuple(row["public_writers"])), bool(row["has_pgstattuple"])
+                         public=await trust.read_public(conn)), bool(row["has_pgstattuple"])
 
 
 async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: str) -> list[TableFacts]:
     """Catalog and statistics facts of every table: two set-wise queries, nothing per table."""
-    code = {r["oid"]: tuple(r["code"]) for r in await (await conn.execute(INDEX_CODE_SQL)).fetchall()}
+    code = await trust.read_index_code(conn)
     return [TableFacts(database=database, index_code=code.get(row["oid"], ()), **row)
             for row in await (await conn.execute(TABLES_SQL)).fetchall()]
 

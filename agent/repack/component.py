@@ -186,7 +186,7 @@ class RepackJob:
                 if a.refusals:
                     self._tried.add((slot.key, key))  # logged once per window
                     log.info("repack_table_refused", database=db, table=a.facts.name, reasons=a.refusals,
-                             **a.details(),
+                             **a.details,
                              bloat_ratio=round(a.bloat, 3), bloat_method=a.method,
                              total_bytes=a.facts.total_bytes,
                              estimated_seconds=candidates.estimated_seconds(a.facts.total_bytes,

@@ -134,7 +134,7 @@ async def _plan(cfg: Config) -> int:
                             verdict = f"{verdict}; REFUSED ({', '.join(a.refusals)})".lstrip("; ")
                         _say(f"  {a.facts.name:<40} {a.facts.total_bytes / 1048576:10.1f} MiB  "
                              f"bloat {a.bloat:6.1%} ({a.method})  {verdict}")
-                        for k, v in a.details().items():
+                        for k, v in a.details.items():
                             _say(f"  {'':<40} {k}: {', '.join(v) if isinstance(v, list) else v}")
                         if a.eligible and first is None:
                             first = a

@@ -17,6 +17,7 @@ from agent.repack.candidates import (
     to_measure,
 )
 from agent.repack.history import History
+from agent.repack.trust import PublicSchema
 
 MiB = 1024 * 1024
 W = RepackWindow(cron="0 2 * * *", duration=Duration(3600), include=["public.*", "app.*"],
@@ -90,7 +91,7 @@ def test_table_refusals_are_named(change: dict[str, object], reason: str) -> Non
 def test_a_table_of_an_owner_not_trusted_is_refused_unless_listed() -> None:
     app = dataclasses.replace(T, owner="app_owner", owner_trusted=False)
     a = _assess(app)
-    assert a.refusals == ["untrusted_owner"] and a.details() == {"owner": "app_owner"}
+    assert a.refusals == ["untrusted_owner"] and a.details == {"owner": "app_owner"}
     trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
     assert assess(app, DB, W, trusting, free_disk_bytes=10**12, last_success=None, now=0.0).refusals == []
 
@@ -100,28 +101,28 @@ def test_a_table_whose_indexes_run_user_code_is_refused_even_for_a_trusted_owner
     t = dataclasses.replace(T, owner="app_owner", owner_trusted=False, index_code=code)
     trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
     a = assess(t, DB, W, trusting, free_disk_bytes=10**12, last_success=None, now=0.0)
-    assert a.refusals == ["index_user_code"] and a.details() == {"index_code": list(code)}
+    assert a.refusals == ["index_user_code"] and a.details == {"index_code": list(code)}
 
 
 def test_user_code_in_public_refuses_every_table_of_the_database_unless_its_owner_is_trusted() -> None:
     code = (("function public.pg_try_advisory_lock(text, integer)", "mallory"),
             ("operator public.=(character varying,character varying)", "app_owner"))
-    a = _assess(db=dataclasses.replace(DB, public_code=code))
+    a = _assess(db=dataclasses.replace(DB, public=PublicSchema(code=code)))
     assert a.refusals == ["public_user_code"]
-    assert a.details() == {"public_code": [code[0][0], code[1][0]]}
+    assert a.details == {"public_code": [code[0][0], code[1][0]]}
     trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
-    b = assess(T, dataclasses.replace(DB, public_code=code), W, trusting, free_disk_bytes=10**12,
+    b = assess(T, dataclasses.replace(DB, public=PublicSchema(code=code)), W, trusting, free_disk_bytes=10**12,
                last_success=None, now=0.0)
-    assert b.details() == {"public_code": [code[0][0]]}
+    assert b.details == {"public_code": [code[0][0]]}
     trusting_both = dataclasses.replace(CFG, trusted_owners=["app_owner", "mallory"])
-    assert assess(T, dataclasses.replace(DB, public_code=code), W, trusting_both, free_disk_bytes=10**12,
+    assert assess(T, dataclasses.replace(DB, public=PublicSchema(code=code)), W, trusting_both, free_disk_bytes=10**12,
                   last_success=None, now=0.0).refusals == []
 
 
 def test_a_database_whose_public_schema_a_role_not_trusted_may_write_is_refused() -> None:
-    db = dataclasses.replace(DB, public_writers=("app_owner", "mallory"))
+    db = dataclasses.replace(DB, public=PublicSchema(writers=("app_owner", "mallory")))
     a = _assess(db=db)
-    assert a.refusals == ["public_writable"] and a.details() == {"public_writers": ["app_owner", "mallory"]}
+    assert a.refusals == ["public_writable"] and a.details == {"public_writers": ["app_owner", "mallory"]}
     trusting = dataclasses.replace(CFG, trusted_owners=["app_owner", "mallory"])
     assert assess(T, db, W, trusting, free_disk_bytes=10**12, last_success=None, now=0.0).refusals == []
 
