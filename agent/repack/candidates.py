@@ -63,6 +63,7 @@ class TableFacts:
     vacuum_running: bool = False
     approx_bloat: float | None = None  # from pgstattuple_approx, when available
     approx_failed: str = ""            # why pgstattuple_approx gave no figure (timeout, lock_timeout, …)
+    locked: bool = False               # someone holds or awaits ACCESS EXCLUSIVE on it: not even sized
     owner: str = ""
     owner_trusted: bool = False  # a superuser or the agent's own role; repack.trusted_owners adds more
     index_code: tuple[str, ...] = ()  # code outside pg_catalog that building its indexes would run
@@ -136,6 +137,8 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
     skip = ""
     if not matches(t.name, w.include, w.exclude):
         skip = "excluded"
+    elif t.locked:
+        return Assessment(t, 0.0, "none", refusals=["locked"])  # sizes unknown: no other verdict
     elif t.total_bytes < w.min_table_bytes:
         skip = "too_small"
     elif t.total_bytes > w.max_table_bytes:
@@ -192,9 +195,23 @@ def to_measure(items: list[Assessment], n: int = MEASURED_PER_DATABASE) -> list[
 
 # --------------------------------------------------------------------------- reading the facts
 
+# Sizing a relation takes ACCESS SHARE on it and on its indexes and TOAST table: behind an ACCESS
+# EXCLUSIVE someone holds or awaits (a migration, a REINDEX), that waits out lock_timeout and fails
+# the whole query. Such a table is not sized but named (`locked`), and the rest is read.
 TABLES_SQL = """
+WITH held AS (
+  SELECT l.relation FROM pg_locks l
+   WHERE l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock'
+     AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())),
+locked AS (
+  SELECT c.oid FROM pg_class c
+   WHERE c.oid IN (SELECT relation FROM held) OR c.reltoastrelid IN (SELECT relation FROM held)
+  UNION
+  SELECT i.indrelid FROM pg_index i WHERE i.indexrelid IN (SELECT relation FROM held))
 SELECT c.oid::bigint AS oid, n.nspname AS schema, c.relname AS table,
-       pg_relation_size(c.oid) AS heap_bytes, pg_total_relation_size(c.oid) AS total_bytes,
+       lk.oid IS NOT NULL AS locked,
+       CASE WHEN lk.oid IS NULL THEN pg_relation_size(c.oid) ELSE 0 END AS heap_bytes,
+       CASE WHEN lk.oid IS NULL THEN pg_total_relation_size(c.oid) ELSE 0 END AS total_bytes,
        c.reltuples::float8 AS reltuples,
        w.row_width,
        coalesce(st.n_dead_tup, 0) AS dead_tuples, coalesce(st.n_live_tup, 0) AS live_tuples,
@@ -217,6 +234,7 @@ SELECT c.oid::bigint AS oid, n.nspname AS schema, c.relname AS table,
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_roles o ON o.oid = c.relowner
+  LEFT JOIN locked lk ON lk.oid = c.oid
   LEFT JOIN pg_stat_user_tables st ON st.relid = c.oid
   LEFT JOIN (SELECT s.schemaname, s.tablename, sum(s.avg_width * (1 - s.null_frac))::float8 AS row_width
                FROM pg_stats s WHERE NOT s.inherited GROUP BY 1, 2) w  -- once, not per table

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
-from test_repack import LEFTOVERS, confirm_primary, q, recent, started
+from test_repack import LEFTOVERS, client_killed, confirm_primary, q, recent, started
 
 from agent.core.config import parse
 from agent.core.context import Context
@@ -104,3 +105,39 @@ async def test_a_database_of_thousands_of_tables_keeps_heartbeats_fresh_and_its_
     assert surveyed[other]["eligible"] == 1  # the other database was read and its table assessed
     assert out["database"] == many and out["table"] == "public.big" and out["result"] == "success", out
     assert q(pg15, many, LEFTOVERS)[0][0] == 0
+
+
+async def test_a_table_under_a_clients_exclusive_lock_is_named_and_the_rest_of_its_database_still_considered(
+        pg15: PgInstance, etcd: Etcd, tmp_path: Path, logs: list[dict[str, Any]]) -> None:
+    """Sizing a table queues behind an ACCESS EXCLUSIVE (a migration, say): before, that timed
+    out the catalog query and left the whole database out."""
+    n = next(_n)
+    locked_db, other = f"scan_locked_{n}", f"scan_locked_other_{n}"
+    for db in (locked_db, other):
+        pg15.psql(f"CREATE DATABASE {db}")
+        q(pg15, db, "CREATE EXTENSION pg_repack")
+    _bloated(pg15, locked_db, "big", 50_000)
+    _bloated(pg15, other, "small", 10_000)
+    q(pg15, locked_db, "CREATE TABLE busy (id int PRIMARY KEY)")
+    log_from = pg15.log_path.stat().st_size
+    client = psycopg.connect(pg15.conninfo.replace("dbname=postgres", f"dbname={locked_db}"))
+    try:
+        client.execute("LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")  # held until commit
+        ctx = make_ctx(pg15, etcd, [locked_db, other], tmp_path)
+        async with started(ctx):
+            confirm_primary(ctx)
+            with anyio.fail_after(60):
+                while not any(e["event"] == "repack_table_chosen" for e in logs):
+                    await anyio.sleep(0.05)
+            client.commit()  # an open transaction would hold pg_repack in its wait for old ones
+            out = await recent(ctx, 120)
+        assert not client_killed(pg15, client.info.backend_pid, log_from)
+    finally:
+        client.close()
+        with pg15.connect() as conn:
+            for db in (locked_db, other):
+                conn.execute(f"DROP DATABASE {db} WITH (FORCE)".encode())
+    assert (out["database"], out["table"], out["result"]) == (locked_db, "public.big", "success"), out
+    refused = [(e["database"], e["table"], e["reasons"]) for e in logs if e["event"] == "repack_table_refused"]
+    assert (locked_db, "public.busy", ["locked"]) in refused, refused
+    assert not [e for e in logs if e["event"] == "repack_candidates_unreadable"]

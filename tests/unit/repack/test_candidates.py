@@ -218,3 +218,9 @@ def test_only_the_best_ranked_tables_in_the_filters_are_measured() -> None:
     assert [a.facts.table for a in to_measure(items, 3)] == ["d", "b", "c"]
     # a statistics estimate under the ratio may be stale: such a table is still worth measuring
     assert [a.facts.table for a in to_measure(items, 10)] == ["d", "b", "c", "a", "stale"]
+
+
+def test_a_table_under_an_exclusive_lock_is_refused_by_that_name_alone() -> None:
+    a = _assess(dataclasses.replace(T, locked=True, heap_bytes=0, total_bytes=0))
+    assert a.refusals == ["locked"] and not a.skip
+    assert _assess(dataclasses.replace(T, locked=True, schema="other")).skip == "excluded"
