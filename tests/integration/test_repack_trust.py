@@ -149,8 +149,7 @@ async def test_every_way_an_index_runs_user_code_is_named(pg15: PgInstance, carr
         for stmt in [*setup, index]:
             q(pg15, db, stmt)
         async with await agent_pg.connect(_pg_config(pg15, db), "test", db) as conn:
-            tables = {t.name: t for t in await candidates.read_tables(
-                conn, db)}
+            tables = {t.name: t for t in await candidates.read_tables(conn, db)}
         assert tables["public.t"].index_code == (named,)
         assert tables["public.plain"].index_code == ()
         assert tables["public.t"].owner == "postgres" and tables["public.t"].owner_trusted
