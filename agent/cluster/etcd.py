@@ -22,7 +22,7 @@ import etcd3gw
 import httpx
 
 from agent.cluster.keys import KeyValue
-from agent.core.config import read_secret
+from agent.core.config import Secret, read_secret
 
 
 class EtcdUnavailable(Exception):
@@ -74,7 +74,7 @@ class Etcd:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self._user = username
         self._password_file = password_file
-        self._tokens: dict[str, str] = {}  # endpoint -> auth token (etcd RBAC through the gateway)
+        self._tokens: dict[str, Secret] = {}  # endpoint -> auth token (etcd RBAC through the gateway)
         self.timeout = timeout
         self.watch_deadline = watch_deadline
         self._tls = (ca_file, cert_file, key_file)
@@ -112,11 +112,12 @@ class Etcd:
             return {}
         ep = self.endpoint
         if ep not in self._tokens:
-            r = await self._call(self.client(), "/auth/authenticate",
-                                 {"name": self._user, "password": str(read_secret(self._password_file))})
-            self._tokens[ep] = str(r["token"])
-            self.client().session.headers["Authorization"] = self._tokens[ep]
-        return {"Authorization": self._tokens[ep]}
+            pw = read_secret(self._password_file)
+            token = Secret(str((await self._call(self.client(), "/auth/authenticate",
+                                                 {"name": self._user, "password": pw.reveal()}))["token"]))
+            self._tokens[ep] = token
+            self.client().session.headers["Authorization"] = token.reveal()
+        return {"Authorization": self._tokens[ep].reveal()}
 
     def drop_token(self) -> None:
         self._tokens.pop(self.endpoint, None)

@@ -51,11 +51,22 @@ class Duration(float):
         return cls(total)
 
 
-class Secret(str):
-    """A value read from a secret file; its repr never shows it."""
+class Secret:
+    """A password or token. Not a str: repr, str and format hide it, so a log line, a traceback or
+    a dict it sits in cannot show it; `reveal()` is called only where it is sent."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
 
     def __repr__(self) -> str:
         return "Secret('***')"
+
+    __str__ = __repr__
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:

@@ -103,7 +103,7 @@ def test_relative_secret_is_read_from_systemd_credentials(tmp_path: Path, monkey
     (tmp_path / "pgpw").write_text("s3cret")
     os.chmod(tmp_path / "pgpw", 0o600)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    assert config.read_secret("pgpw") == "s3cret"
+    assert config.read_secret("pgpw").reveal() == "s3cret"
 
 
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
