@@ -573,3 +573,34 @@ def test_descriptor_limit_of_the_unit_is_in_force(machine: Machine) -> None:
     finally:
         ct.systemctl("stop", "pgna-nofile.service")
     m.report.append(f"LimitNOFILE in force on the agent: {want} (PID 1's hard limit in the container: {ceiling})")
+
+
+# --------------------------------------------------------------------------- 8. a watchdog device
+
+
+def test_watchdog_device_hidden_by_the_unit_fails_with_78_naming_its_settings(machine: Machine) -> None:
+    """/dev/net/tun is a character device the container has and the unit's private /dev has not,
+    as any second watchdog device would be."""
+    m, ct = machine, machine.ct
+    m.ensure_running()
+    dev = "/dev/net/tun"
+    with_device = m.good_config + f'\n[watchdog]\ndevice = "{dev}"\n'
+    # Run by hand as root, outside the unit: the device is there, and the relative password_file
+    # is found next to the config (no $CREDENTIALS_DIRECTORY out here).
+    ct.write_file("/etc/pg-node-agent/with-device.toml", with_device)
+    outside = ct.run(["/opt/pg-node-agent/bin/pg-node-agent", "-c", "/etc/pg-node-agent/with-device.toml",
+                      "check-config"], check=False)
+    ct.run(["rm", "-f", "/etc/pg-node-agent/with-device.toml"])
+    assert outside.returncode == 0, outside.stderr
+    ct.write_file(CONFIG, with_device, mode="0640", owner="root:postgres")
+    try:
+        assert ct.systemctl("restart", UNIT).returncode != 0
+        p = m.props("ActiveState", "ExecMainStatus")
+        assert p == {"ActiveState": "failed", "ExecMainStatus": "78"}, p
+        log = ct.journal(UNIT)
+        assert f"watchdog.device: {dev}: No such file or directory" in log, log[-2000:]
+        assert f"PrivateDevices=no and DeviceAllow={dev} rw" in log, log[-2000:]
+    finally:
+        ct.write_file(CONFIG, m.good_config, mode="0640", owner="root:postgres")
+        ct.systemctl("reset-failed", UNIT)
+    m.ensure_running()
