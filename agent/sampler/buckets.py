@@ -109,13 +109,13 @@ def reset_evidence(before: dict[int, tuple[float, float | None]], after: dict[in
     safe = oldest_visible_start(now, bucket_time, max_buckets) + bucket_time
     if since is not None:
         safe = max(safe, since)
-    for b, (calls, since) in sorted(before.items()):
+    for b, (calls, oldest) in sorted(before.items()):
         if b < safe or calls <= 0:
             continue
         got = after.get(b)
         if got is None or got[0] < calls:
             return b
-        if since is not None and got[1] is not None and got[1] > since:
+        if oldest is not None and got[1] is not None and got[1] > oldest:
             return b
     return None
 
