@@ -3,7 +3,8 @@
 Settings and the function's columns are read once per connection (they change only with a
 server restart, which also drops the session). Each due read is one scan of
 pg_stat_monitor_internal(): the rows of the buckets between the watermark and the newest finished
-one, and a summary of every other retained bucket, from which a reset is told from a quiet server.
+one, and a summary of every other bucket from the watermark on, from which a reset is told from a
+quiet server.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from agent.lab.etcd import Etcd
 from agent.lab.patroni import PG_BIN_DIR, SUPERUSER
 from agent.lab.postgres import PgInstance
 from agent.lab.procs import wait_until
+from agent.sampler.pg_stat_monitor import COLUMNS, LABEL_SQL, build_select
 from tests.integration.agentproc import AgentProc
 from tests.integration.pgsm_standin import loader
 from tests.integration.test_sampler_pgsm import run_until
@@ -403,3 +404,25 @@ async def test_real_extension_created_but_not_preloaded_falls_back_to_pgss(pg15:
     assert s.health.fallback is not None and "shared_preload_libraries" in s.health.fallback
     assert s.health.read_failures == {"error": 1, "timeout": 0}
     assert s.health.postgres_outages == 0
+
+
+def test_every_label_reads_from_the_real_function(pgsm: PgInstance) -> None:
+    """The read with all five labels runs on the real 2.3.2 and gives the view's values."""
+    with pgsm.connect() as c:
+        c.execute("SELECT pg_stat_monitor_reset()")
+        with pgsm.connect("bench") as b:
+            b.execute("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                b.execute("SELECT 1/0")
+        time.sleep(0.2)
+        cols = {r[0] for r in c.execute(COLUMNS).fetchall()}
+        labels = tuple(LABEL_SQL)
+        q = build_select(cols, labels)
+        now = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        rows = c.execute(q, {"lo": now.replace(year=2000), "hi": now}).fetchall()
+        view = c.execute("SELECT queryid::text, datname, username, cmd_type_text, coalesce(application_name, ''), "
+                         "coalesce(client_ip::text, '') FROM pg_stat_monitor WHERE datname = 'bench'").fetchall()
+    got = {(r[1], *r[6:6 + len(labels)]) for r in rows if r[1] is not None and r[6] == "bench"}
+    assert labels == ("datname", "username", "cmd_type", "application_name", "client_ip")
+    assert got == {tuple(v) for v in view}
+    assert {r[3] for r in got} == {"SELECT", ""}  # the error row has no command type
