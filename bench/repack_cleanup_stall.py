@@ -23,10 +23,9 @@ import os
 import signal
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 import anyio
 import psycopg
@@ -34,6 +33,7 @@ from psycopg.rows import dict_row
 
 from agent.lab.patroni import PG_BIN_DIR, SUPERUSER
 from agent.lab.postgres import PgInstance
+from agent.lab.rundir import new_run_dir, remove_run_dir
 from agent.repack import cleanup
 
 DB = "stall"
@@ -99,7 +99,8 @@ def new_schedule(pg: PgInstance, oid: int, seconds: float) -> None:
     anyio.run(go)
 
 
-def measure(pg: PgInstance, name: str, run: object, oid: int, seconds: float) -> None:
+def measure(pg: PgInstance, name: str, run: Callable[[PgInstance, int, float], None], oid: int,
+            seconds: float) -> None:
     blocker = pg.connect(DB)
     blocker.autocommit = False
     blocker.execute("SELECT count(*) FROM tbl")  # ACCESS SHARE until the end: no cleanup gets its lock
@@ -110,7 +111,7 @@ def measure(pg: PgInstance, name: str, run: object, oid: int, seconds: float) ->
     time.sleep(0.5)
     n0 = len(lat)
     t0 = time.monotonic()
-    run(pg, oid, seconds)  # type: ignore[operator]
+    run(pg, oid, seconds)
     wall = time.monotonic() - t0
     stop.set()
     th.join()
@@ -119,7 +120,7 @@ def measure(pg: PgInstance, name: str, run: object, oid: int, seconds: float) ->
     window = lat[n0:]
     slow = sum(x for x in window if x > 0.02)
     q = statistics.quantiles(window, n=100) if len(window) > 2 else [0.0] * 99
-    print(f"{name:>4}: {len(window):6d} lookups in {wall:5.1f}s  stalled {100 * slow / wall:5.1f}% of the time"  # noqa: T201
+    print(f"{name:>4}: {len(window):6d} lookups in {wall:5.1f}s  stalled {100 * slow / wall:5.1f}% of the time"
           f"  p99 {q[98] * 1000:7.1f} ms  max {max(window) * 1000:7.1f} ms")
 
 
@@ -127,23 +128,22 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="pgna-bench-") as d:
-        run_dir = Path(d)
-        os.chmod(run_dir, 0o755)
-        pg = PgInstance(run_dir, "stall")
-        pg.start()
-        try:
-            pg.psql(f"CREATE DATABASE {DB}")
-            with pg.connect(DB) as c:
-                for stmt in ("CREATE EXTENSION pg_repack", "CREATE TABLE other (id int)",
-                             "CREATE TABLE tbl (id int PRIMARY KEY, payload text)",
-                             "INSERT INTO tbl SELECT i, md5(i::text) FROM generate_series(1, 200000) i"):
-                    c.execute(stmt.encode())
-            oid = leftovers(pg)
-            measure(pg, "old", old_schedule, oid, args.seconds)
-            measure(pg, "new", new_schedule, oid, args.seconds)
-        finally:
-            pg.stop()
+    run_dir = new_run_dir("pgna-bench-")
+    pg = PgInstance(run_dir, "stall")
+    pg.start()
+    try:
+        pg.psql(f"CREATE DATABASE {DB}")
+        with pg.connect(DB) as c:
+            for stmt in ("CREATE EXTENSION pg_repack", "CREATE TABLE other (id int)",
+                         "CREATE TABLE tbl (id int PRIMARY KEY, payload text)",
+                         "INSERT INTO tbl SELECT i, md5(i::text) FROM generate_series(1, 200000) i"):
+                c.execute(stmt.encode())
+        oid = leftovers(pg)
+        measure(pg, "old", old_schedule, oid, args.seconds)
+        measure(pg, "new", new_schedule, oid, args.seconds)
+    finally:
+        pg.stop()
+        remove_run_dir(run_dir)
 
 
 if __name__ == "__main__":
