@@ -193,13 +193,16 @@ class RepackJob:
                                                      only=None if db in window_dbs else listed, may_drop=primary)
                     keep = left + [o for o in busy if o in listed]  # a live run's tables are not leftovers
                     self.log_bytes[db] = await cleanup.log_bytes(conn, keep) if keep else 0
+            except psycopg.errors.InvalidCatalogName:  # the database was dropped, leftovers with it
+                keep = []
+                left = []
             except psycopg.Error as e:
                 log.warning("repack_leftovers_unreadable", database=db, error=str(e).strip()[:200])
                 continue
             if left and not listed.issuperset(left):
                 log.warning("repack_leftovers_found", database=db, oids=left)
             if self.pending.set(db, keep):
-                log.info("repack_leftovers_pending", database=db, oids=keep, log_bytes=self.log_bytes[db])
+                log.info("repack_leftovers_pending", database=db, oids=keep, log_bytes=self.log_bytes.get(db, 0))
         self._publish_leftovers()
 
     # ------------------------------------------------------------------ choosing
