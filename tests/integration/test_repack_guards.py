@@ -38,7 +38,7 @@ from agent.core.events import FailoverPending
 from agent.lab.etcd import Etcd
 from agent.lab.patroni import PG_BIN_DIR
 from agent.lab.postgres import PgInstance
-from agent.lab.procs import LAB_USER, await_until
+from agent.lab.procs import LAB_USER, await_until, lab_user
 from agent.repack import guards
 
 __all__ = ["ctx", "db"]  # fixtures used by name
@@ -223,10 +223,8 @@ async def test_a_tablespace_too_small_for_the_copy_is_refused_by_the_disk_guard(
 
 
 @pytest.fixture
-def receivewal(pg15: PgInstance, tmp_path: Path) -> Iterator[None]:
+def receivewal(pg15: PgInstance, tmp_path: Path, receivewal_role: None) -> Iterator[None]:
     """A real pg_receivewal streaming from pg15 (replay_lsn stays NULL: it replays nothing)."""
-    pg15.psql("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walrcv') THEN "
-              "CREATE ROLE walrcv REPLICATION LOGIN PASSWORD 'walrcv'; END IF; END$$")
     out = tmp_path / "wal"
     out.mkdir()
     p = subprocess.Popen([str(PG_BIN_DIR / "pg_receivewal"), "-h", "127.0.0.1", "-p", str(pg15.port), "-U", "walrcv",
@@ -255,3 +253,54 @@ async def test_a_pg_receivewal_streaming_beside_the_cluster_does_not_block_repac
         out = await recent(ctx, 60)
     assert out["result"] == "success", out
     assert ctx.registry.get_sample_value("pgnode_repack_guard_trips_total", {"guard": "replication_lag"}) == 0
+
+
+@pytest.fixture
+def delayed_standby(pg15: PgInstance, run_dir: Path, receivewal_role: None) -> Iterator[PgInstance]:
+    """A real physical standby of pg15 (pg_basebackup -R) that applies WAL an hour late."""
+    sb = PgInstance(run_dir, "delayed")
+    user = lab_user()
+    subprocess.run([str(PG_BIN_DIR / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(pg15.port), "-U", "walrcv",
+                    "-D", str(sb.data_dir), "-R", "-X", "stream", "-c", "fast", "--no-password"],
+                   env={"PATH": "/usr/bin:/bin", "PGPASSWORD": "walrcv"}, user=user, group=user,
+                   extra_groups=[] if user else None, check=True, timeout=120, capture_output=True)
+    with (sb.data_dir / "postgresql.auto.conf").open("a") as f:
+        f.write(f"port = {sb.port}\nunix_socket_directories = '{sb.socket_dir}'\nlisten_addresses = ''\n"
+                "archive_mode = off\ncluster_name = 'delayed'\nrecovery_min_apply_delay = '1h'\n")
+    sb.start()
+    try:
+        yield sb
+    finally:
+        sb.stop()
+
+
+@pytest.fixture
+def receivewal_role(pg15: PgInstance) -> None:
+    pg15.psql("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'walrcv') THEN "
+              "CREATE ROLE walrcv REPLICATION LOGIN PASSWORD 'walrcv'; END IF; END$$")
+
+
+async def test_a_delayed_standby_blocks_repack_unless_excluded_by_config(
+        pg15: PgInstance, etcd: Etcd, db: str, tmp_path: Path, delayed_standby: PgInstance) -> None:
+    # the delay holds back commit records: replay stops at the first one, so all WAL after it lags
+    q(pg15, db, "INSERT INTO other VALUES (0)")
+    q(pg15, db, "INSERT INTO other SELECT generate_series(1, 200000)")
+    lag_sql = ("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) FROM pg_stat_replication"
+               " WHERE application_name = 'delayed' AND replay_lsn IS NOT NULL")
+    await await_until(lambda: (pg15.psql(lag_sql) or [(0,)])[0][0] > 2 * 1024 * 1024, 30,
+                      "the delayed standby 2 MiB behind in replay")
+    strict = make_ctx(pg15, etcd, db, tmp_path / "strict", max_replication_lag_bytes=1024 * 1024)
+    async with started(strict):
+        confirm_primary(strict)
+        with anyio.fail_after(60):
+            while not strict.registry.get_sample_value("pgnode_repack_guard_trips_total",
+                                                       {"guard": "replication_lag"}):
+                await anyio.sleep(0.1)
+    assert strict.status_sections["repack"]()["recent"] == []
+
+    lenient = make_ctx(pg15, etcd, db, tmp_path / "lenient", max_replication_lag_bytes=1024 * 1024,
+                       lag_excluded_standbys=["delayed"])
+    async with started(lenient):
+        confirm_primary(lenient)
+        out = await recent(lenient, 60)
+    assert out["result"] == "success", out
