@@ -67,8 +67,8 @@ class RepackJob:
         self.recent: deque[dict[str, Any]] = deque(maxlen=20)
         self.pending = pending
         self.log_bytes: dict[str, int] = {}
-        self._discover = False
         self._wake = anyio.Event()
+        self._pass_lock = anyio.Lock()
         self._disabled_logged = False
         self.waiting_for: tuple[str, ...] = ()
         self.next_window: str | None = None
@@ -110,9 +110,8 @@ class RepackJob:
             state = ctx.state.current
             if not state.confirmed_primary:
                 swept = False
-            elif not swept:
-                self._discover = True
-                self._wake.set()
+            elif not swept:  # before anything else writes: a run must not race this drop
+                await self._leftover_pass(ctx, discover=True)
                 swept = True
             if not cfg.enabled:  # a reload turned repacking off: a running table was stopped by its guard
                 if not self._disabled_logged:
@@ -166,24 +165,28 @@ class RepackJob:
         while True:
             with anyio.move_on_after(gap):
                 await self._wake.wait()
-            if self._wake.is_set():
+            if self._wake.is_set():  # a run just listed a table after trying itself: wait a gap
                 self._wake = anyio.Event()
-                if not self._discover:  # a run just listed a table after trying itself: wait a gap
-                    gap = RETRY_FIRST
-                    continue
-            if not self._discover and not self.pending.tables:
+                gap = RETRY_FIRST
+                continue
+            if not self.pending.tables:
                 gap = RETRY_FIRST
                 continue
             before = self.pending.count()
-            await self._leftover_pass(ctx)
+            await self._leftover_pass(ctx, discover=False)
             gap = RETRY_FIRST if self.pending.count() < before else min(gap * 2, RETRY_MAX)
 
-    async def _leftover_pass(self, ctx: Context) -> None:
-        """One attempt at every listed table (or, after a promotion, at everything found in the
-        window databases). On a standby nothing can be dropped: the list keeps only what is still
-        there, which is how a drop on the primary, replicated here, empties it."""
+    async def _leftover_pass(self, ctx: Context, *, discover: bool) -> None:
+        async with self._pass_lock:
+            await self._leftover_pass_locked(ctx, discover)
+
+    async def _leftover_pass_locked(self, ctx: Context, discover: bool) -> None:
+        """One attempt at every listed table (with `discover`, on becoming the confirmed primary,
+        at everything found in the window databases: leftovers of a run that died with the agent,
+        or that physical replication carried here from the previous primary). On a standby
+        nothing can be dropped: the list keeps only what is still there, which is how a drop on
+        the primary, replicated here, empties it."""
         primary = ctx.state.current.confirmed_primary
-        discover, self._discover = self._discover and primary, False
         window_dbs = {d for w in ctx.config.repack.windows for d in w.databases} if discover else set()
         for db in sorted(set(self.pending.tables) | window_dbs):
             listed = set(self.pending.tables.get(db, []))

@@ -163,6 +163,50 @@ async def test_cleanup_blocked_by_a_client_lock_is_listed_at_once_and_dropped_on
         blocker.close()
 
 
+def killed_pg_repack(pg: PgInstance, db: str) -> None:
+    """A real pg_repack SIGKILLed once its trigger exists (as if the agent had died with it)."""
+    blocker = blocker_on_other(pg, db)
+    env = {**os.environ, "PGHOST": str(pg.socket_dir), "PGPORT": str(pg.port), "PGUSER": "postgres"}
+    p = subprocess.Popen([str(PG_BIN_DIR / "pg_repack"), "--no-kill-backend", "-t", "public.tbl", "-d", db],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not q(pg, db, TRIGGER):
+            assert time.monotonic() < deadline and p.poll() is None
+            time.sleep(0.02)
+        p.kill()
+        p.wait()
+    finally:
+        blocker.rollback()
+        blocker.close()
+    while q(pg, db, REPACK_BACKENDS):  # its backends notice the lost client at their next read
+        q(pg, db, "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'pg_repack'")
+        time.sleep(0.1)
+
+
+async def test_leftovers_found_on_becoming_primary_under_a_client_lock_are_listed_then_dropped(
+        pg15: PgInstance, db: str, ctx: Context) -> None:
+    log_from = pg15.log_path.stat().st_size
+    killed_pg_repack(pg15, db)
+    client = psycopg.connect(pg15.conninfo.replace("dbname=postgres", f"dbname={db}"))
+    client.execute("SELECT count(*) FROM tbl")  # holds ACCESS SHARE: the sweep cannot lock the table
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with started(ctx):
+                confirm_primary(ctx)
+                await await_until(lambda: ctx.registry.get_sample_value("pgnode_repack_leftovers") == 1, 30,
+                                  "the sweep lists the leftovers it could not drop")
+                assert q(pg15, db, LEFTOVERS)[0][0] > 0
+                client.commit()
+                await await_until(lambda: ctx.registry.get_sample_value("pgnode_repack_leftovers") == 0, 90,
+                                  "a retry drops them")
+                assert q(pg15, db, LEFTOVERS)[0][0] == 0
+        assert any(e["event"] == "repack_leftovers_found" for e in logs)
+        assert not client_killed(pg15, client.info.backend_pid, log_from)
+    finally:
+        client.close()
+
+
 # --------------------------------------------------------------------------- 4. disk and lag
 
 @pytest.fixture
