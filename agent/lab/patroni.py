@@ -47,6 +47,7 @@ class PatroniSettings:
     loop_wait: int = 2
     retry_timeout: int = 3
     parameters: dict[str, Any] = field(default_factory=dict)
+    agent_scheme: str = "http"  # of the `pg_node_agent` tag: "https" where the agents serve TLS
 
 
 class PatroniNode:
@@ -134,7 +135,7 @@ class PatroniNode:
                 "pg_ident": PG_IDENT,
             },
             "watchdog": {"mode": "off"},
-            "tags": {AGENT_TAG: f"http://127.0.0.1:{self.agent_port}"},
+            "tags": {AGENT_TAG: f"{s.agent_scheme}://127.0.0.1:{self.agent_port}"},
         }
 
     def _write_config(self) -> None:

@@ -38,6 +38,7 @@ class Sampler:
                                             if self.state.watermark is not None else None)
         self.source: PgStatMonitor | PgStatStatements | None = None
         self.unavailable: str | None = None  # why no source can be read now (for /status)
+        self.save_error: str | None = None  # why the state file could not be written, while it cannot
         self.version = 0  # bumped whenever the totals may have changed: re-render the query series
 
     def status(self) -> dict[str, Any]:
@@ -78,9 +79,22 @@ class Sampler:
                                                cfg.grace, self.health)
         if changed or stepped:
             self.version += 1
-            data = persist.encode(self.state)
-            await anyio.to_thread.run_sync(persist.write_atomic, self.path, data)
+            await self._save()
         return wait
+
+    async def _save(self) -> None:
+        """A state file that cannot be written (permissions, a full or read-only disk) is its own
+        problem, logged once per reason: PostgreSQL is fine and the counters go on in memory."""
+        try:
+            await anyio.to_thread.run_sync(persist.write_atomic, self.path, persist.encode(self.state))
+        except OSError as e:
+            if self.save_error != (err := f"{type(e).__name__}: {e}"):
+                log.error("sampler_state_not_saved", path=str(self.path), error=err, action="counting_in_memory")
+                self.save_error = err
+            return
+        if self.save_error is not None:
+            log.info("sampler_state_saved_again", path=str(self.path))
+            self.save_error = None
 
     def _check_identity(self, c: dict[str, Any]) -> bool:
         """A new system_identifier is another database cluster (rebuilt node): its buckets and
