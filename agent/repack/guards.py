@@ -1,8 +1,8 @@
 """Guards: may a pg_repack run start, and may it go on? Pure decisions over a NodeState and a
 sample of figures read from PostgreSQL, so they are unit-tested without a database or a loop.
 
-The figures are read by one cheap query (`SAMPLE_SQL`) on the agent's own session in the target
-database; `pg_repack`'s own sessions (application_name `pg_repack`) are left out of every figure:
+The figures are read by two cheap queries (`SAMPLE_SQL`, `PLACEMENT_SQL`) plus statvfs, on a
+session of the run's own in the target database (`GuardSession`); `pg_repack`'s own sessions (application_name `pg_repack`) are left out of every figure:
 its lock attempts and its own transaction must not trip the guards that protect clients from it.
 """
 
@@ -40,10 +40,6 @@ class Sample:
     oldest_xact_age_seconds: float  # oldest open client transaction
     archive_ready_files: int        # .ready files in pg_wal/archive_status
     volumes: tuple[Volume, ...]     # every file system the copy or its WAL lands on
-
-    @property
-    def free_disk_bytes(self) -> int:
-        return min((v.free_bytes for v in self.volumes), default=0)
 
 
 @dataclass(frozen=True, slots=True)
