@@ -3,12 +3,14 @@
 pg_repack gets an argv list over the local socket, always `--no-kill-backend` and a short
 `--wait-timeout`, with `PGOPTIONS=-c lock_timeout=…` so its cleanup cannot queue without bound,
 and `PGAPPNAME=pg_repack` (its vxid wait recognises other runs by that name). While it runs, the
-guards are re-checked every second and at once on a NodeState change. A trip sends SIGINT (the only
-signal pg_repack cleans up after), SIGKILL after the grace period, then drops whatever is left —
-also when the agent itself is stopped (a cancellation of this task), under a shielded deadline.
+node state, window, lock and config are re-checked at once on a NodeState change and four times a
+second, the SQL figures every second. A trip (or `enabled = false` by a reload) sends SIGINT (the
+only signal pg_repack cleans up after), SIGKILL after the grace period, then drops whatever is left
+— also when the agent itself is stopped (a cancellation of this task), under a shielded deadline.
+What a cleanup cannot drop is reported in the Outcome; the component lists it for retries.
 
-Exit 0 does not mean repacked: the result comes from the catalog (did the relfilenode change?) and
-from the WARNINGs pg_repack printed.
+Exit 0 does not mean repacked: the result comes from the catalog (did the relfilenode change?),
+read on a fresh session after the run, and from the WARNINGs pg_repack printed.
 """
 
 from __future__ import annotations
