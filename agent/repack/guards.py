@@ -2,8 +2,9 @@
 sample of figures read from PostgreSQL, so they are unit-tested without a database or a loop.
 
 The figures are read by two cheap queries (`SAMPLE_SQL`, `PLACEMENT_SQL`) plus statvfs, on a
-session of the run's own in the target database (`GuardSession`); `pg_repack`'s own sessions (application_name `pg_repack`) are left out of every figure:
-its lock attempts and its own transaction must not trip the guards that protect clients from it.
+session of the run's own in the target database (`GuardSession`); `pg_repack`'s own sessions
+(application_name `pg_repack`) are left out of every figure: its lock attempts and its own
+transaction must not trip the guards that protect clients from it.
 """
 
 from __future__ import annotations
