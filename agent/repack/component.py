@@ -81,7 +81,7 @@ class RepackJob:
         return {"binary": self.binary, "version": self.version, "running": self.running,
                 "current_window": self.current_window, "next_window": self.next_window,
                 "waiting_for": list(self.waiting_for),
-                "leftovers": dict(self.pending.tables),
+                "leftovers": self.pending.count(), "leftover_tables": dict(self.pending.tables),
                 "recent": list(self.recent)}
 
     # ------------------------------------------------------------------ main loop

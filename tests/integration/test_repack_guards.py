@@ -136,7 +136,8 @@ async def test_cleanup_blocked_by_a_client_lock_is_listed_at_once_and_dropped_on
             # the gauge says so the moment the run is recorded, not at the next promotion
             assert ctx.registry.get_sample_value("pgnode_repack_leftovers") == 1
             oid = int(q(pg15, db, "SELECT 'tbl'::regclass::oid")[0][0])
-            assert ctx.status_sections["repack"]()["leftovers"] == {db: [oid]}
+            st = ctx.status_sections["repack"]()
+            assert st["leftovers"] == 1 and st["leftover_tables"] == {db: [oid]}
             persisted = json.loads((ctx.config.state_dir / "repack-leftovers.json").read_text())
             assert persisted == {"tables": {db: [oid]}}
             ctx.publish(FailoverPending(pending=False, candidate=None, revision=3))
