@@ -33,6 +33,7 @@ from test_repack import (  # fixtures and helpers of the repack tests
     started,
 )
 
+from agent.core.config import RepackConfig
 from agent.core.context import Context
 from agent.core.events import FailoverPending
 from agent.lab.etcd import Etcd
@@ -265,6 +266,27 @@ async def test_a_tablespace_too_small_for_the_copy_is_refused_by_the_disk_guard(
     finally:
         with pg15.connect() as c:
             c.execute(f"DROP DATABASE {name} WITH (FORCE)".encode())
+
+
+def test_pg_wal_symlinked_to_its_own_small_file_system_is_a_volume_of_its_own(tmp_path: Path) -> None:
+    """How a data directory with `initdb --waldir` looks: the guard statvfs's through the link."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    data, walfs = tmp_path / "data", tmp_path / "walfs"
+    data.mkdir()
+    walfs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(walfs)], check=True)
+    try:
+        (walfs / "pg_wal").mkdir()
+        (data / "pg_wal").symlink_to(walfs / "pg_wal")
+        vols = guards.volumes(str(data), [("", 10 * 1024 * 1024)])
+        assert len(vols) == 2
+        wal = next(v for v in vols if v.wal)
+        assert wal.table_bytes == 0 and wal.free_bytes <= 4 * 1024 * 1024
+        trips = guards.sample_trips(RepackConfig(), guards.Sample(0, 0, 0.0, 0, vols), 10 * 1024 * 1024, running=False)
+        assert [t.path for t in trips] == [str(data / "pg_wal")]
+    finally:
+        subprocess.run(["umount", "-l", str(walfs)], check=False)
 
 
 @pytest.fixture
