@@ -221,6 +221,15 @@ class RepackConfig:
         "their ACCESS EXCLUSIVE requests can stall readers. Keep it above 1s: pg_repack 1.4.8 retries its "
         "own lock attempts only on their 1s statement_timeout.", Duration(1.2))
     cleanup_timeout: Duration = doc("Deadline for stopping pg_repack and dropping its leftovers.", Duration(10))
+    measure_timeout: Duration = doc(
+        "statement_timeout of one pgstattuple_approx bloat measurement (run on the few tables that rank "
+        "highest by the statistics estimate); a table that takes longer keeps its statistics estimate.",
+        Duration(5))
+    trusted_owners: list[str] = doc(
+        "Roles whose tables may be repacked, besides superusers and the role the agent connects as. "
+        "pg_repack rebuilds a table's indexes as a superuser: whoever can act as the owner could have "
+        "that superuser run their code, so list only roles whose every member you trust as a superuser "
+        "(docs/troubleshooting.md, untrusted_owner).", [])
     windows: list[RepackWindow] = doc("Repack windows.", [])
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections import deque
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -215,26 +216,42 @@ class RepackJob:
         now = time.time()
         best: candidates.Assessment | None = None
         for db in w.databases:
+            ctx.liveness.beat(NAME)
             try:
                 async with await ctx.pg_connect(NAME, db) as conn:
-                    dbf, has_pgstattuple = await candidates.read_database(conn, self.version)
-                    tables = await candidates.read_tables(conn, db, w, has_pgstattuple)
                     free = guards.free_disk_bytes(await guards.data_directory(conn))
+
+                    def judge(t: candidates.TableFacts, dbf: candidates.DatabaseFacts,
+                              db: str = db, free: int = free) -> candidates.Assessment:
+                        key = table_key(db, t.schema, t.table)
+                        a = candidates.assess(t, dbf, w, cfg.repack, free_disk_bytes=free, now=now,
+                                              last_success=history.last_success(key),
+                                              throughput=history.throughput(),
+                                              seconds_left=slot.end.timestamp() - now)
+                        return replace(a, skip="tried") if (slot.key, key) in self._tried else a
+
+                    items = await candidates.survey(conn, db, self.version, judge,
+                                                    measure_timeout=float(cfg.repack.measure_timeout),
+                                                    beat=lambda: ctx.liveness.beat(NAME))
             except psycopg.Error as e:
                 log.warning("repack_candidates_unreadable", database=db, error=str(e).strip()[:200])
                 continue
-            for a in candidates.order([
-                candidates.assess(t, dbf, w, cfg.repack, free_disk_bytes=free, now=now,
-                                  last_success=history.last_success(table_key(db, t.schema, t.table)),
-                                  throughput=history.throughput(), seconds_left=slot.end.timestamp() - now)
-                for t in tables
-            ]):
+            for a in items:
+                if a.facts.approx_failed:
+                    log.warning("repack_bloat_measure_failed", database=db, table=a.facts.name,
+                                reason=a.facts.approx_failed, timeout_seconds=float(cfg.repack.measure_timeout),
+                                estimate_ratio=round(a.bloat, 3))
+            log.info("repack_candidates_surveyed", database=db, tables=len(items),
+                     measured=sum(a.facts.approx_bloat is not None or bool(a.facts.approx_failed) for a in items),
+                     eligible=sum(a.eligible for a in items))
+            for a in items:
                 key = table_key(db, a.facts.schema, a.facts.table)
                 if a.skip or (slot.key, key) in self._tried:
                     continue
                 if a.refusals:
                     self._tried.add((slot.key, key))  # logged once per window
                     log.info("repack_table_refused", database=db, table=a.facts.name, reasons=a.refusals,
+                             **a.details,
                              bloat_ratio=round(a.bloat, 3), bloat_method=a.method,
                              total_bytes=a.facts.total_bytes,
                              estimated_seconds=candidates.estimated_seconds(a.facts.total_bytes,
