@@ -205,7 +205,12 @@ class RepackConfig:
     enabled: bool = doc("Run pg_repack in the configured windows.", False)
     binary: str = doc("pg_repack binary (resolved on PATH when not absolute).", "pg_repack")
     wait_timeout: Duration = doc("pg_repack --wait-timeout (never kills a backend).", Duration(10))
-    max_replication_lag_bytes: int = doc("Guard: stop when a replica lags more.", 256 * 1024**2)
+    max_replication_lag_bytes: int = doc(
+        "Guard: stop when a physical standby's replay lags more (WAL receivers without a replay "
+        "position, such as pg_receivewal or Barman, do not count).", 256 * 1024**2)
+    lag_excluded_standbys: list[str] = doc(
+        "application_name (Patroni: member name) of standbys the replication-lag guard ignores, "
+        "e.g. delayed standbys (recovery_min_apply_delay).", [])
     max_lock_waiters: int = doc("Guard: stop when this many sessions wait behind the table.", 1)
     max_transaction_age: Duration = doc("Guard: stop when a transaction is older.", Duration(3600))
     min_free_disk_ratio: float = doc("Guard: free disk must exceed this multiple of table+indexes.", 2.2)
