@@ -25,8 +25,9 @@ import httpx
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from agent.core.config import EtcdConfig, read_secret, resolve_secret_path
+from agent.core.config import EtcdConfig, Secret, read_secret, resolve_secret_path
 from agent.core.tls import client_context
+from agent.etcd.ipfilter import blocked_by_ip_filter
 from agent.etcd.keys import KeyValue
 
 log = structlog.get_logger("etcd")
@@ -100,12 +101,13 @@ class Etcd:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self._user = username
         self._password_file = password_file
-        self._token: str | None = None  # etcd RBAC token, through the gateway
+        self._token: Secret | None = None  # etcd RBAC token, through the gateway
         self.logins = 0
         self.timeout = timeout
         self.watch_deadline = watch_deadline
         self._tls = (ca_file, cert_file, key_file)
         self._ctx: ssl.SSLContext | None = None
+        self._filter_checked: set[str] = set()
         self._current = 0
         self._clients: dict[str, etcd3gw.Etcd3Client] = {}
 
@@ -157,12 +159,12 @@ class Etcd:
         if not self._user:
             return {}
         if self._token is None:
-            r = await self._call(self.client(), "/auth/authenticate",
-                                 {"name": self._user, "password": str(read_secret(self._password_file))})
-            self._token = str(r["token"])
+            pw = read_secret(self._password_file)
+            r = await self._call(self.client(), "/auth/authenticate", {"name": self._user, "password": pw.reveal()})
+            self._token = Secret(str(r["token"]))
             self.logins += 1
             log.info("etcd_authenticated", user=self._user, endpoint=self.endpoint, logins=self.logins)
-        return {"Authorization": self._token}
+        return {"Authorization": self._token.reveal()}
 
     def token_rejected(self, error: object) -> bool:
         """Forget the token if `error` is etcd refusing it; True then (log in again and retry)."""
@@ -185,6 +187,7 @@ class Etcd:
                     if self.token_rejected(e) and not _attempt:
                         continue
                     errors.append(f"{self.endpoint}: {type(e).__name__}: {_text(e)[:200]}")
+                    await self._name_ip_filter(e)
                     break
             self.rotate()
         raise EtcdUnavailable("; ".join(errors))
@@ -196,6 +199,15 @@ class Etcd:
         kvs = [KeyValue(unb64(kv["key"]), unb64(kv.get("value", "")), int(kv["mod_revision"]))
                for kv in r.get("kvs", [])]
         return rev, kvs
+
+    async def _name_ip_filter(self, e: BaseException) -> None:
+        """At an endpoint's first failure: if the unit's IPAddressDeny= explains it, say so."""
+        if self.endpoint in self._filter_checked:
+            return
+        self._filter_checked.add(self.endpoint)
+        if why := await blocked_by_ip_filter(self.endpoint, e):
+            log.warning("dcs_connect_blocked_by_ip_filter", endpoint=self.endpoint, **why,
+                        fix="allow the address with IPAddressAllow= in a drop-in (docs/installation.md)")
 
     async def get(self, key: str) -> str | None:
         """Linearizable read of one key's value (None: absent)."""

@@ -53,6 +53,7 @@ class PatroniSettings:
     etcd_tls: LabCA | None = None  # etcd's client URLs are https with client certificates required
     etcd_user: tuple[str, str] | None = None  # etcd RBAC (user, password)
     patroni_bin: Path = PATRONI_BIN
+    agent_scheme: str = "http"  # of the `pg_node_agent` tag: "https" where the agents serve TLS
 
 
 class PatroniNode:
@@ -163,7 +164,7 @@ class PatroniNode:
                 "pg_ident": PG_IDENT,
             },
             "watchdog": {"mode": "off"},
-            "tags": {AGENT_TAG: f"http://127.0.0.1:{self.agent_port}"},
+            "tags": {AGENT_TAG: f"{s.agent_scheme}://127.0.0.1:{self.agent_port}"},
         }
 
     def _write_config(self) -> None:

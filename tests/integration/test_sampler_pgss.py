@@ -163,3 +163,19 @@ async def test_a_read_refused_by_postgresql_is_not_an_outage_and_shows_why(
         with pg15.connect("pgss_t") as c:
             c.execute("GRANT SELECT ON pg_stat_statements_info TO PUBLIC")
             c.execute("DROP ROLE IF EXISTS sampler_ro")
+
+
+async def test_an_unwritable_state_file_is_named_not_an_outage(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path, logs: list[dict[str, object]]
+) -> None:
+    """The state file's place is taken by a directory (as good as a permission or a full disk for
+    the write; the tests run as root, whom modes do not stop)."""
+    (tmp_path / "sampler.json").mkdir()
+    ctx = make_ctx(pg15, tmp_path)
+    workload(pg15, 2, 2)
+    sampler = await run_sampler_until(ctx, lambda s: s.save_error is not None and s.health.reads >= 3)
+    events = [e["event"] for e in logs]
+    assert "sampler_postgres_lost" not in events and sampler.health.postgres_outages == 0, events
+    (err,) = [e for e in logs if e["event"] == "sampler_state_not_saved"]  # once, not per read
+    assert "IsADirectoryError" in str(err["error"]) and err["path"] == str(tmp_path / "sampler.json")
+    assert sampler.unavailable is None
