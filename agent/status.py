@@ -187,7 +187,7 @@ def problems(view: Body) -> list[str]:
         s = _d(a.get("state"))
         if s.get("confirmed_primary"):
             confirmed.append(str(name))
-        if patroni_leader and s.get("leader") != patroni_leader:
+        if patroni_leader and s.get("dcs_up") and s.get("leader") != patroni_leader:
             out.append(f"{name}: its agent sees leader {s.get('leader')!r}, Patroni says {patroni_leader!r}")
         if s.get("disagreement"):
             out.append(f"{name}: {s['disagreement']}")

@@ -92,7 +92,9 @@ class NodeState:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(role=self.role.value, leader_view=self.leader_view.value,
+        # a leader seen before the DCS went down (or before a replay after it came back is applied)
+        # is not shown as the leader: /status says unknown, as pgnode_leader does
+        d.update(leader=self.leader if self.dcs_up else None, role=self.role.value, leader_view=self.leader_view.value,
                  confirmed_primary=self.confirmed_primary, disagreement=self.disagreement,
                  patroni_role=self.patroni_role.value,
                  members=[{"name": n, "role": r} for n, r in self.members])

@@ -114,6 +114,9 @@ def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, variant_etcd: Et
             # watch_deadline 3 s + one check (timeout 2 s) + one probe: well within 10 s
             wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 10, "dcs down after SIGSTOP", detail=a.tail)
             assert a.metric('pgnode_leader_view{view="unknown"}') == 1.0
+            # /status and /metrics agree: no leader while the DCS is down
+            assert a.status()["state"]["leader"] is None
+            assert 'pgnode_leader{' not in a.get("/metrics")[1]
             assert a.get("/health")[0] == 200  # an outage is reported, not a reason to be restarted
         finally:
             fresh_etcd.resume()
