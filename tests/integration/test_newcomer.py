@@ -17,8 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from agent.lab import nspawn
+from testlab import nspawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from testlab import nspawn
 
-from agent.lab import nspawn
 from agent.lab.etcd import Etcd
 from agent.lab.ports import free_port
 from agent.lab.procs import wait_until

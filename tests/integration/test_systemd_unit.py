@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pytest
 from psycopg import sql
+from testlab import nspawn
+from testlab.postgres import PgInstance
 
-from agent.lab import nspawn
 from agent.lab.etcd import Etcd
 from agent.lab.ports import free_port
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import LabTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
