@@ -51,6 +51,15 @@ def test_unit_leaves_the_postgres_users_ipc_alone_and_raises_the_descriptor_limi
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_documentation_is_the_checkouts_docs_installed_under_usr_share_doc() -> None:
+    """docs/installation.md step 4 copies README.md and docs/ to /usr/share/doc/pg-node-agent/ (the
+    machine test checks they are there); each page the unit names must exist in the checkout."""
+    (uris,) = unit_settings()["Documentation"]
+    for uri in uris.split():
+        rel = uri.removeprefix("file:///usr/share/doc/pg-node-agent/")
+        assert rel != uri and (ROOT / rel).is_file(), uri
+
+
 def test_systemd_analyze_verify_accepts_the_unit(unit_copy: Path) -> None:
     r = subprocess.run(["systemd-analyze", "verify", str(unit_copy)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
