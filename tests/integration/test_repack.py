@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
+from testlab.postgres import PgInstance
 
 from agent.core.config import parse
 from agent.core.context import Context
@@ -31,7 +32,6 @@ from agent.core.events import (
     Role,
 )
 from agent.lab.etcd import Etcd
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import await_until, children
 from agent.repack import plan
 from agent.repack.component import components

@@ -14,11 +14,11 @@ import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from test_repack import LEFTOVERS, client_killed, confirm_primary, q, recent, started
+from testlab.postgres import PgInstance
 
 from agent.core.config import parse
 from agent.core.context import Context
 from agent.lab.etcd import Etcd
-from agent.lab.postgres import PgInstance
 
 pytestmark = pytest.mark.slow
 
