@@ -165,6 +165,14 @@ class Totals:
         self.series_folded += folded
         return folded
 
+    def added(self, batch: Batch, top_n: int, max_series: int) -> Totals:
+        """A copy with `batch` added; self is left as it was (readers may hold it meanwhile)."""
+        t = Totals(self.label_names, {k: v.copy() for k, v in self.series.items()}, self.le,
+                   {k: v.copy() for k, v in self.hist.items()}, dict(self.errors), dict(self.kept),
+                   self.buckets_missed, self.series_folded)
+        t.add(batch, top_n, max_series)
+        return t
+
     def _promote(self, batch: Batch, top_n: int) -> None:
         if len(self.kept) >= top_n:
             return
