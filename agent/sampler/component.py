@@ -34,6 +34,7 @@ class Sampler:
         self.path: Path = ctx.config.state_dir / "sampler.json"
         self.state: SamplerState = persist.load(self.path, tuple(ctx.config.sampler.labels))
         self.health = Health()
+        self.writer = persist.Writer(self.path, self.health)
         self.health.last_ingested_bucket = (float(self.state.watermark)
                                             if self.state.watermark is not None else None)
         self.source: PgStatMonitor | PgStatStatements | None = None
@@ -44,7 +45,7 @@ class Sampler:
         return {"source": self.health.source, "watermark": self.state.watermark,
                 "series": len(self.state.totals.series), "queryids_kept": len(self.state.totals.kept),
                 "buckets_missed": self.state.totals.buckets_missed, "reads": self.health.reads,
-                "unavailable": self.unavailable}
+                "unavailable": self.unavailable, "state_write_error": self.writer.error}
 
     async def open(self, ctx: Context) -> Conn:
         """Connect and choose the source; settings and schema are read once per session."""
@@ -78,8 +79,8 @@ class Sampler:
                                                cfg.grace, self.health)
         if changed or stepped:
             self.version += 1
-            data = persist.encode(self.state)
-            await anyio.to_thread.run_sync(persist.write_atomic, self.path, data)
+            self.writer.changed()
+        await self.writer.maybe_save(self.state)  # on the byte budget; a failed write is survived
         return wait
 
     def _check_identity(self, c: dict[str, Any]) -> bool:
@@ -149,6 +150,9 @@ class Sampler:
                 ctx.liveness.beat(NAME)
                 await self._pause(ctx, delay, down)
         finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                if self.writer.dirty:  # a clean stop keeps everything counted so far
+                    await self.writer.save(self.state)
             await _close(conn)
 
     async def _pause(self, ctx: Context, delay: float, down: bool) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from agent.core import config as config_mod
 from agent.core.context import Context
@@ -60,7 +61,7 @@ def workload(pg: PgInstance, inserts: int, selects: int) -> tuple[str, str]:
             "AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         ).fetchall()
     ids = {("insert" if q.startswith("INSERT") else "select"): qid for qid, q in rows}
-    return ids["insert"], ids["select"]
+    return ids["insert"], ids.get("select", "")
 
 
 async def run_sampler_until(ctx: Context, done: Callable[[Sampler], bool]) -> Sampler:
@@ -199,3 +200,96 @@ async def test_a_read_refused_by_postgresql_is_not_an_outage_and_shows_why(
         with pg15.connect("pgss_t") as c:
             c.execute("GRANT SELECT ON pg_stat_statements_info TO PUBLIC")
             c.execute("DROP ROLE IF EXISTS sampler_ro")
+
+
+async def test_a_state_file_that_cannot_be_written_is_named_and_survived(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path
+) -> None:
+    """The state directory is unusable (here a regular file where the directory should be): the
+    sampler keeps reading and counting, says what is wrong, and writes once it can again."""
+    state_dir = tmp_path / "state"
+    state_dir.write_text("not a directory")
+    ctx = make_ctx(pg15, state_dir)
+    ins, _ = workload(pg15, 2, 0)
+    with capture_logs() as logs:
+        sampler = await run_sampler_until(ctx, lambda s: s.health.reads >= 3)
+    events = [e["event"] for e in logs]
+    assert "sampler_postgres_lost" not in events and "sampler_read_failed" not in events
+    assert events.count("sampler_state_write_failed") == 1  # once per streak, not per read
+    assert sampler.health.postgres_outages == 0 and sampler.health.state_write_errors >= 3
+    err = ctx.status_sections["sampler"]()["state_write_error"]
+    assert err is not None and err.startswith("FileExistsError") and str(state_dir) in err, err
+    assert sampler.unavailable is None
+    state_dir.unlink()  # fixed: the next read's write succeeds, with the counts so far
+    workload(pg15, 4, 0)
+    conn = await sampler.open(ctx)
+    try:
+        with capture_logs() as logs:
+            await sampler.step(ctx, conn)
+    finally:
+        await conn.close()
+    assert "sampler_state_write_recovered" in [e["event"] for e in logs]
+    assert ctx.status_sections["sampler"]()["state_write_error"] is None
+    assert calls(ctx, ins) == 4
+    s2: Sampler = components(make_ctx(pg15, state_dir))[0].run.__self__  # type: ignore[attr-defined]
+    assert s2.state.totals.series[(ins, "pgss_t")][0] == 4
+
+
+async def test_reads_between_writes_are_not_lost_or_doubled_after_a_crash(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path
+) -> None:
+    """Writes are rate-bounded, so a crash (no clean stop) restores an older snapshot: the next
+    read counts everything since that snapshot's baseline, once."""
+    ctx = make_ctx(pg15, tmp_path)
+    (comp,) = components(ctx)
+    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
+    ins, _ = workload(pg15, 3, 0)
+    conn = await sampler.open(ctx)
+    try:
+        await sampler.step(ctx, conn)  # primes; the snapshot is written (the budget has room)
+        written = sampler.health.state_bytes_written
+        assert written > 0
+        sampler.writer.tokens = -1e12  # from here the budget holds every write back
+        for n in (5, 7, 11):
+            workload(pg15, n, 0)
+            await sampler.step(ctx, conn)
+        assert calls(ctx, ins) == 23 and sampler.health.state_bytes_written == written
+    finally:
+        await conn.close()
+    # the process dies here: no clean-stop write. A new one starts from the primed snapshot.
+    workload(pg15, 2, 0)
+    ctx2 = make_ctx(pg15, tmp_path)
+    s2: Sampler = components(ctx2)[0].run.__self__  # type: ignore[attr-defined]
+    conn = await s2.open(ctx2)
+    try:
+        await s2.step(ctx2, conn)
+    finally:
+        await conn.close()
+    assert calls(ctx2, ins) == 25  # 23 + 2: nothing lost, nothing doubled
+
+
+async def test_a_clean_stop_writes_what_the_budget_held_back(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path
+) -> None:
+    ctx = make_ctx(pg15, tmp_path)
+    ins, _ = workload(pg15, 1, 0)
+    stop_after = {"reads": 2}
+
+    def done(s: Sampler) -> bool:
+        if s.health.reads == 1:
+            s.writer.tokens = -1e12  # primed and written; nothing more until the stop
+        return s.health.reads >= stop_after["reads"] and calls(ctx, ins) > 0
+
+    async def load() -> None:
+        while True:
+            await anyio.to_thread.run_sync(workload, pg15, 3, 0)
+            await anyio.sleep(0.1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load)
+        sampler = await run_sampler_until(ctx, done)
+        tg.cancel_scope.cancel()
+    counted = calls(ctx, ins)
+    s2: Sampler = components(make_ctx(pg15, tmp_path))[0].run.__self__  # type: ignore[attr-defined]
+    assert s2.state.totals.series[(ins, "pgss_t")][0] == counted
+    assert sampler.health.state_bytes_written > 0
