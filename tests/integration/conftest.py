@@ -130,7 +130,7 @@ def fresh_cluster(run_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def pg15(session_dir: Path) -> Iterator[PgInstance]:
     """Standalone PostgreSQL 15: pg_stat_statements preloaded, archive_mode on, peer auth as postgres."""
-    pg = PgInstance(session_dir)
+    pg = PgInstance(session_dir, version=15)
     try:
         pg.start()
         yield pg
