@@ -48,6 +48,7 @@ class PatroniSettings:
     retry_timeout: int = 3
     parameters: dict[str, Any] = field(default_factory=dict)
     pg_version: int | None = None  # None: the lab default (agent.lab.pgversions)
+    agent_scheme: str = "http"  # of the `pg_node_agent` tag: "https" where the agents serve TLS
 
 
 class PatroniNode:
@@ -135,7 +136,7 @@ class PatroniNode:
                 "pg_ident": PG_IDENT,
             },
             "watchdog": {"mode": "off"},
-            "tags": {AGENT_TAG: f"http://127.0.0.1:{self.agent_port}"},
+            "tags": {AGENT_TAG: f"{s.agent_scheme}://127.0.0.1:{self.agent_port}"},
         }
 
     def _write_config(self) -> None:

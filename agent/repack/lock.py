@@ -37,9 +37,9 @@ def _client(cfg: EtcdConfig, endpoint: str) -> Etcd3Client:
                     cert_cert=cfg.cert_file or None, timeout=float(cfg.timeout))
     if cfg.username:
         # the gateway takes a token from /v3/auth/authenticate in the Authorization header
-        resp = c.post(c.get_url("/auth/authenticate"),
-                      json={"name": cfg.username, "password": str(read_secret(cfg.password_file))})
-        c.session.headers["Authorization"] = str(resp["token"])
+        pw = read_secret(cfg.password_file)
+        c.session.headers["Authorization"] = str(
+            c.post(c.get_url("/auth/authenticate"), json={"name": cfg.username, "password": pw.reveal()})["token"])
     return c
 
 

@@ -41,11 +41,16 @@ class Sampler:
         self.unavailable: str | None = None  # why no source can be read now (for /status)
         self.version = 0  # bumped whenever the totals may have changed: re-render the query series
 
+    @property
+    def save_error(self) -> str | None:
+        """Why the state file could not be written, while it cannot."""
+        return self.writer.error
+
     def status(self) -> dict[str, Any]:
         return {"source": self.health.source, "watermark": self.state.watermark,
                 "series": len(self.state.totals.series), "queryids_kept": len(self.state.totals.kept),
                 "buckets_missed": self.state.totals.buckets_missed, "reads": self.health.reads,
-                "unavailable": self.unavailable, "state_write_error": self.writer.error}
+                "unavailable": self.unavailable, "save_error": self.writer.error}
 
     async def open(self, ctx: Context) -> Conn:
         """Connect and choose the source; settings and schema are read once per session."""

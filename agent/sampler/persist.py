@@ -167,8 +167,8 @@ class Writer:
     debt (a write may take it into debt; the budget pays it back over time), so bytes written in
     any T minutes stay under burst + budget x T + one file; `save()` writes now (a clean stop). Encoding and
     writing run in a worker thread: neither the JSON nor the fsync holds the event loop. A write
-    that fails (a full disk, a state directory we may not write) is logged once per streak as
-    `sampler_state_write_failed`, counted, kept dirty and retried after the next read: the
+    that fails (a full disk, a state directory we may not write) is logged once per reason as
+    `sampler_state_not_saved`, counted, kept dirty and retried after the next read: the
     sampler goes on reading, with its counters in memory.
     """
 
@@ -199,13 +199,13 @@ class Writer:
             n = await anyio.to_thread.run_sync(save, self.path, state)
         except OSError as e:
             self.health.state_write_errors += 1  # tokens untouched: retried after the next read
-            if self.error is None:
-                log.error("sampler_state_write_failed", path=str(self.path),
-                          error=f"{type(e).__name__}: {e}"[:300], action="kept_in_memory_and_retried")
-            self.error = f"{type(e).__name__}: {e}"[:200]
+            err = f"{type(e).__name__}: {e}"[:300]
+            if self.error != err:
+                log.error("sampler_state_not_saved", path=str(self.path), error=err, action="counting_in_memory")
+            self.error = err
             return
         if self.error is not None:
-            log.info("sampler_state_write_recovered", path=str(self.path))
+            log.info("sampler_state_saved_again", path=str(self.path))
         self.dirty, self.error = False, None
         self.health.state_bytes_written += n
         self._refill()

@@ -219,9 +219,9 @@ async def test_a_state_file_that_cannot_be_written_is_named_and_survived(
         sampler = await run_sampler_until(ctx, lambda s: s.health.reads >= 3)
     events = [e["event"] for e in logs]
     assert "sampler_postgres_lost" not in events and "sampler_read_failed" not in events
-    assert events.count("sampler_state_write_failed") == 1  # once per streak, not per read
+    assert events.count("sampler_state_not_saved") == 1  # once per streak, not per read
     assert sampler.health.postgres_outages == 0 and sampler.health.state_write_errors >= 3
-    err = ctx.status_sections["sampler"]()["state_write_error"]
+    err = ctx.status_sections["sampler"]()["save_error"]
     assert err is not None and err.startswith("FileExistsError") and str(state_dir) in err, err
     assert sampler.unavailable is None
     state_dir.unlink()  # fixed: the next read's write succeeds, with the counts so far
@@ -232,8 +232,8 @@ async def test_a_state_file_that_cannot_be_written_is_named_and_survived(
             await sampler.step(ctx, conn)
     finally:
         await conn.close()
-    assert "sampler_state_write_recovered" in [e["event"] for e in logs]
-    assert ctx.status_sections["sampler"]()["state_write_error"] is None
+    assert "sampler_state_saved_again" in [e["event"] for e in logs]
+    assert ctx.status_sections["sampler"]()["save_error"] is None
     assert calls(ctx, ins) == 4
     s2: Sampler = components(make_ctx(pg15, state_dir))[0].run.__self__  # type: ignore[attr-defined]
     assert s2.state.totals.series[(ins, "pgss_t")][0] == 4
@@ -333,3 +333,19 @@ async def test_the_heavy_work_of_a_step_runs_off_the_event_loop(
     assert calls(ctx, ins) == 3
     assert set(where) == {"add_rows", "apply", "add", "encode"}
     assert all(loop_thread not in threads for threads in where.values()), where
+
+
+async def test_an_unwritable_state_file_is_named_not_an_outage(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path, logs: list[dict[str, object]]
+) -> None:
+    """The state file's place is taken by a directory (as good as a permission or a full disk for
+    the write; the tests run as root, whom modes do not stop)."""
+    (tmp_path / "sampler.json").mkdir()
+    ctx = make_ctx(pg15, tmp_path)
+    workload(pg15, 2, 2)
+    sampler = await run_sampler_until(ctx, lambda s: s.save_error is not None and s.health.reads >= 3)
+    events = [e["event"] for e in logs]
+    assert "sampler_postgres_lost" not in events and sampler.health.postgres_outages == 0, events
+    (err,) = [e for e in logs if e["event"] == "sampler_state_not_saved"]  # once, not per read
+    assert "IsADirectoryError" in str(err["error"]) and err["path"] == str(tmp_path / "sampler.json")
+    assert sampler.unavailable is None

@@ -40,6 +40,14 @@ def test_unit_declares_notify_watchdog_and_no_restart_on_bad_config() -> None:
     assert "WatchdogSec" in s and s["ProtectSystem"] == ["strict"] and s["CapabilityBoundingSet"] == [""]
 
 
+def test_unit_leaves_the_postgres_users_ipc_alone_and_raises_the_descriptor_limit() -> None:
+    """RemoveIPC=yes with User=postgres deletes PostgreSQL's shared memory when the agent stops
+    (under systemd: tests/integration/test_systemd_unit.py)."""
+    s = unit_settings()
+    assert s["User"] == ["postgres"] and s["RemoveIPC"] == ["no"]
+    assert s["LimitNOFILE"] == ["65536"]
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify_accepts_the_unit(unit_copy: Path) -> None:
     r = subprocess.run(["systemd-analyze", "verify", str(unit_copy)], capture_output=True, text=True, timeout=60)
