@@ -19,7 +19,21 @@ from agent.sampler.totals import CALLS, NFIELDS, Batch
 
 log = structlog.get_logger("sampler")
 
-Key = tuple[int, int, int, bool]
+Key = tuple[int, int, int, bool]  # (userid, dbid, queryid, toplevel)
+_U64 = (1 << 64) - 1
+
+
+def pack_key(key: Key) -> int:
+    """One int per entry instead of a 4-tuple: ints are never tracked by the garbage collector,
+    whose full collections (which hold the GIL, so the event loop) would otherwise scan 10k
+    fresh tuples a read at 10k statements."""
+    user, db, qid, top = key
+    return ((qid & _U64) << 65) | (db << 33) | (user << 1) | int(top)
+
+
+def unpack_key(k: int) -> Key:
+    qid = k >> 65
+    return (k >> 1) & 0xFFFFFFFF, (k >> 33) & 0xFFFFFFFF, qid - (1 << 64) if qid >> 63 else qid, bool(k & 1)
 
 # Row layout of pg_stat_statements' read: dbid, userid, queryid, toplevel, datname, username,
 # then the NFIELDS values in the order of totals.FIELDS, then stats_since (epoch s, or None
@@ -38,7 +52,7 @@ class Entries:
     def __init__(self, label_names: tuple[str, ...] = ()) -> None:
         self._names = label_names
         self._label_cache: dict[tuple[str, str], tuple[str, ...]] = {}
-        self.index: dict[Key, int] = {}
+        self.index: dict[int, int] = {}  # pack_key(key) -> entry number
         self.qids: array[int] = array("q")
         self.labels: list[tuple[str, ...]] = []
         self.vals: array[float] = array("d")
@@ -56,9 +70,10 @@ class Entries:
             self.put((int(r[1]), int(r[0]), int(r[2]), bool(r[3])), labels, r[FIRST_VALUE:SINCE], since)
 
     def put(self, key: Key, labels: tuple[str, ...], values: Sequence[float], since: float = NO_SINCE) -> None:
-        i = self.index.get(key)
+        k = pack_key(key)
+        i = self.index.get(k)
         if i is None:
-            self.index[key] = len(self.labels)
+            self.index[k] = len(self.labels)
             self.qids.append(key[2])
             self.labels.append(labels)
             self.vals.extend(values)
@@ -133,10 +148,11 @@ class PgssDeltas:
         return res
 
     def to_json(self) -> dict[str, Any]:
+        """Format 1 of the state file (persist reads it after an upgrade; it writes format 2)."""
         p = self.prev
-        return {"stats_reset": self.stats_reset, "dealloc": self.dealloc,
-                "prev": None if p is None else [[list(k), p.values(i).tolist(), _since_json(p.since[i])]
-                                                for k, i in p.index.items()]}
+        prev = None if p is None else [[list(unpack_key(k)), p.values(i).tolist(), _since_json(p.since[i])]
+                                       for k, i in p.index.items()]
+        return {"stats_reset": self.stats_reset, "dealloc": self.dealloc, "prev": prev}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PgssDeltas:

@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 import structlog
 
-from agent.sampler.deltas import Entries, PgssDeltas
+from agent.sampler.deltas import Entries, PgssDeltas, unpack_key
 from agent.sampler.metrics import Health
 from agent.sampler.totals import NFIELDS, Totals
 
@@ -84,7 +84,8 @@ def pack_entries(e: Entries) -> dict[str, Any]:
     the current read's labels are exported."""
     n = len(e)
     keys = array("q")
-    for k in e.index:  # insertion order = row order of vals
+    for packed in e.index:  # insertion order = row order of vals
+        k = unpack_key(packed)
         keys.extend((k[0], k[1], k[2], int(k[3])))
     cols = array("d", [e.vals[i * NFIELDS + j] for j in range(NFIELDS) for i in range(n)])
 

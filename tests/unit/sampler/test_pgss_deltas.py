@@ -103,3 +103,11 @@ def test_stats_since_survives_the_state_file() -> None:
     d.apply(read_since(K1, 8, 1000.0), "t0", 0)
     back = PgssDeltas.from_json(json.loads(json.dumps(d.to_json())))
     assert calls(back.apply(read_since(K1, 12, 2000.0), "t0", 0)) == {"111": 12}
+
+
+@pytest.mark.parametrize("key", [(10, 5, 111, True), (0, 0, 0, False), (2**32 - 1, 2**32 - 1, -(2**63), True),
+                                 (4294967295, 1, 2**63 - 1, False), (16384, 5, -8639341098027464141, True)])
+def test_an_entry_key_packs_into_one_int_and_back(key: Key) -> None:
+    from agent.sampler.deltas import pack_key, unpack_key
+
+    assert unpack_key(pack_key(key)) == key
