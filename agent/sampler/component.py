@@ -80,12 +80,14 @@ class Sampler:
             log.info("sampler_labels_changed", labels=list(cfg.labels))
         c = await clock(conn)
         changed = self._check_identity(c)
+        watermark = self.state.watermark
         wait, stepped = await self.source.step(conn, self.state, c["now"], cfg.top_n, cfg.max_series,
                                                cfg.grace, self.health)
         if changed or stepped:
             self.version += 1
-            self.writer.changed()
-        await self.writer.maybe_save(self.state)  # on the byte budget; a failed write is survived
+            # consumed buckets must reach the disk before they can expire; pgss can wait (persist)
+            self.writer.changed(urgent=changed or self.state.watermark != watermark)
+        await self.writer.maybe_save(self.state)  # a failed write is survived, retried next read
         return wait
 
     def _check_identity(self, c: dict[str, Any]) -> bool:

@@ -3,14 +3,15 @@
 Restored at start: counters continue across agent restarts, and buckets finished while the agent
 was down are read if still retained.
 
-When it is written (`Writer`): after a read that changed it, at most at a bounded byte rate
-(a token bucket: `WRITE_BUDGET` bytes a minute, bursts of `WRITE_BURST`; a small state is written
-after every read, a 10k-entry pg_stat_statements baseline every few minutes), and always on a
-clean stop. That keeps the guarantees: every snapshot is consistent (counters, baseline and
-watermark of the same moment), and after a crash the next read counts everything since the
-snapshot's baseline (pgss counters are cumulative; pgsm buckets after the watermark are read
-again while retained). What a crash can cost is only what the source itself lost in between
-(a pgss reset or eviction, an expired bucket), never a doubled or negative increment.
+When it is written (`Writer`): after a pg_stat_monitor read that consumed buckets, at once (a
+bucket not yet on disk may have expired by the time a crashed agent is back; these writes are
+small and come once per bucket_time); after a pg_stat_statements read, at most at a bounded
+byte rate (a token bucket: `WRITE_BUDGET` bytes a minute, bursts of `WRITE_BURST`; a small state
+is written after every read, a 10k-entry baseline every few minutes), because pgss counters are
+cumulative: after a crash, the next read counts everything since the restored snapshot's
+baseline, once. And always on a clean stop. Every snapshot is consistent (counters, baseline and
+watermark of the same moment), so what a crash can cost is only what the source itself lost in
+between (a pgss reset or eviction), never a doubled or negative increment.
 """
 
 from __future__ import annotations
@@ -164,8 +165,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 class Writer:
     """When the state is written, and what a failed write does.
 
-    `changed()` marks the state dirty; `maybe_save()` writes it when the token bucket is not in
-    debt (a write may take it into debt; the budget pays it back over time), so bytes written in
+    `changed(urgent)` marks the state dirty; `maybe_save()` writes it when urgent, or when the
+    token bucket is not in debt (a write may take it into debt; the budget pays it back over time), so bytes written in
     any T minutes stay under burst + budget x T + one file; `save()` writes now (a clean stop). Encoding and
     writing run in a worker thread: neither the JSON nor the fsync holds the event loop. A write
     that fails (a full disk, a state directory we may not write) is logged once per reason as
@@ -179,7 +180,7 @@ class Writer:
         self.health = health  # state_bytes_written, state_write_errors
         self.budget, self.burst = budget, burst
         self.tokens, self.tokens_at = burst, time.monotonic()
-        self.dirty = False
+        self.dirty = self.urgent = False
         self.error: str | None = None  # the last write's error, None once a write succeeds
 
     def _refill(self) -> None:
@@ -187,12 +188,13 @@ class Writer:
         self.tokens = min(self.burst, self.tokens + (now - self.tokens_at) * self.budget / 60.0)
         self.tokens_at = now
 
-    def changed(self) -> None:
+    def changed(self, urgent: bool = False) -> None:
         self.dirty = True
+        self.urgent = self.urgent or urgent
 
     async def maybe_save(self, state: SamplerState) -> None:
         self._refill()
-        if self.dirty and self.tokens >= 0:
+        if self.dirty and (self.urgent or self.tokens >= 0):
             await self.save(state)
 
     async def save(self, state: SamplerState) -> None:
@@ -207,7 +209,8 @@ class Writer:
             return
         if self.error is not None:
             log.info("sampler_state_saved_again", path=str(self.path))
-        self.dirty, self.error = False, None
+        self.dirty = self.urgent = False
+        self.error = None
         self.health.state_bytes_written += n
         self._refill()
         self.tokens -= n

@@ -103,3 +103,19 @@ async def test_writes_are_held_to_the_byte_budget(tmp_path: Path) -> None:
     assert h.state_bytes_written == size and w.dirty
     await w.save(st)
     assert h.state_bytes_written == 2 * size and not w.dirty
+
+
+async def test_an_urgent_change_is_written_whatever_the_budget(tmp_path: Path) -> None:
+    """Consumed pg_stat_monitor buckets are written at once: a crash must not lose them."""
+    from agent.sampler.metrics import Health
+
+    h = Health()
+    w = persist.Writer(tmp_path / "sampler.json", h, budget=60_000, burst=0)
+    w.tokens = -1e9
+    st = state_with_calls(3)
+    w.changed()
+    await w.maybe_save(st)
+    assert h.state_bytes_written == 0 and w.dirty
+    w.changed(urgent=True)
+    await w.maybe_save(st)
+    assert h.state_bytes_written > 0 and not w.dirty and not w.urgent
