@@ -280,7 +280,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path) -> 
     # The probe's wall-clock lag includes waiting for a CPU on a busy box; the CPU time of each
     # loop callback (thread_time around asyncio's Handle._run) is the agent's own share of it.
     step_cpu: list[float] = []
-    worst = [0.0, ""]
+    worst: list[Any] = [0.0, ""]
     real_run = asyncio.events.Handle._run
 
     def timed_run(handle: asyncio.events.Handle) -> None:
@@ -292,7 +292,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path) -> 
             if dt > worst[0]:
                 worst[:] = [dt, repr(handle)[:300]]
 
-    asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+    asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
     loop_ident = threading.get_ident()
     gc_loop: list[tuple[int, float]] = []  # (generation, ms) of collections run by the loop's thread
     gc_t = [0.0]
@@ -319,7 +319,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path) -> 
             if sampler.health.reads >= 1:
                 primed.set()
 
-    sampler.step = timed_step  # type: ignore[method-assign]
+    sampler.step = timed_step  # type: ignore[method-assign,assignment]
 
     async def probe() -> None:
         nonlocal idle_max
@@ -338,7 +338,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path) -> 
                 state_dir.parent / "load.log", env=dict(os.environ), cwd=ROOT)
     async with anyio.create_task_group() as tg:
         tg.start_soon(probe)
-        await tg.start(comp.run, ctx)
+        await tg.start(comp.run, ctx)  # type: ignore[arg-type]
         await primed.wait()  # the priming read and its write are not the steady state
         step_max.clear()
         step_cpu.clear()
@@ -399,10 +399,8 @@ def side_by_side(run: Path, pg: PgInstance, args: argparse.Namespace, procs: lis
           f"{extra['rss_primed']['VmRSS']:.1f} MiB (HWM {extra['rss_primed']['VmHWM']:.1f}), "
           f"after ingesting N deltas {extra['rss_ingested']['VmRSS']:.1f} MiB "
           f"(HWM {extra['rss_ingested']['VmHWM']:.1f})")
-    agent_bytes = float(extra["written"])
-    print(f"agent process: {agent_bytes / 1024:.1f} KiB written to its state file in "
-          f"{extra['written_minutes']:.2f} min ({agent_bytes / 1024 / extra['written_minutes']:.1f} KiB/min, "
-          f"pgnode_sampler_state_written_bytes_total, priming write included)")
+    print(f"agent process: state file {extra['state_size'] / 1000:.1f} KB, "
+          f"{extra['written'] / 1000:.1f} KB written in all (pgnode_sampler_state_written_bytes_total)")
     procs[-1].stop()  # the agent is not running while the exporter is measured
     with pg.connect() as c:
         row = c.execute("SELECT count(*) FROM pg_stat_statements").fetchone()
