@@ -205,7 +205,12 @@ class RepackConfig:
     enabled: bool = doc("Run pg_repack in the configured windows.", False)
     binary: str = doc("pg_repack binary (resolved on PATH when not absolute).", "pg_repack")
     wait_timeout: Duration = doc("pg_repack --wait-timeout (never kills a backend).", Duration(10))
-    max_replication_lag_bytes: int = doc("Guard: stop when a replica lags more.", 256 * 1024**2)
+    max_replication_lag_bytes: int = doc(
+        "Guard: stop when a physical standby's replay lags more (WAL receivers without a replay "
+        "position, such as pg_receivewal or Barman, do not count).", 256 * 1024**2)
+    lag_excluded_standbys: list[str] = doc(
+        "application_name (Patroni: member name) of standbys the replication-lag guard ignores, "
+        "e.g. delayed standbys (recovery_min_apply_delay).", [])
     max_lock_waiters: int = doc("Guard: stop when this many sessions wait behind the table.", 1)
     max_transaction_age: Duration = doc("Guard: stop when a transaction is older.", Duration(3600))
     min_free_disk_ratio: float = doc("Guard: free disk must exceed this multiple of table+indexes.", 2.2)
@@ -216,6 +221,15 @@ class RepackConfig:
         "their ACCESS EXCLUSIVE requests can stall readers. Keep it above 1s: pg_repack 1.4.8 retries its "
         "own lock attempts only on their 1s statement_timeout.", Duration(1.2))
     cleanup_timeout: Duration = doc("Deadline for stopping pg_repack and dropping its leftovers.", Duration(10))
+    measure_timeout: Duration = doc(
+        "statement_timeout of one pgstattuple_approx bloat measurement (run on the few tables that rank "
+        "highest by the statistics estimate); a table that takes longer keeps its statistics estimate.",
+        Duration(5))
+    trusted_owners: list[str] = doc(
+        "Roles whose tables may be repacked, besides superusers and the role the agent connects as. "
+        "pg_repack rebuilds a table's indexes as a superuser: whoever can act as the owner could have "
+        "that superuser run their code, so list only roles whose every member you trust as a superuser "
+        "(docs/troubleshooting.md, untrusted_owner).", [])
     windows: list[RepackWindow] = doc("Repack windows.", [])
 
 

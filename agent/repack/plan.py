@@ -18,7 +18,7 @@ import httpx
 import psycopg
 
 from agent.core import pg
-from agent.core.config import Config
+from agent.core.config import Config, RepackWindow
 from agent.core.events import (
     DcsAvailability,
     Event,
@@ -115,15 +115,17 @@ async def _plan(cfg: Config) -> int:
             _say(f"\ndatabase {db}:")
             try:
                 async with await pg.connect(cfg.postgres, "repack-plan", db) as conn:
-                    dbf, has_pst = await candidates.read_database(conn, version)
-                    tables = await candidates.read_tables(conn, db, w, has_pst)
                     data_dir = await guards.data_directory(conn)
                     free = guards.free_disk_bytes(data_dir)
-                    items = candidates.order([
-                        candidates.assess(t, dbf, w, rc, free_disk_bytes=free, now=time.time(),
-                                          last_success=history.last_success(table_key(db, t.schema, t.table)),
-                                          throughput=history.throughput(), seconds_left=seconds_left)
-                        for t in tables])
+
+                    def judge(t: candidates.TableFacts, dbf: candidates.DatabaseFacts,
+                              db: str = db, free: int = free, w: RepackWindow = w) -> candidates.Assessment:
+                        return candidates.assess(t, dbf, w, rc, free_disk_bytes=free, now=time.time(),
+                                                 last_success=history.last_success(table_key(db, t.schema, t.table)),
+                                                 throughput=history.throughput(), seconds_left=seconds_left)
+
+                    items = await candidates.survey(conn, db, version, judge,
+                                                    measure_timeout=float(rc.measure_timeout), beat=lambda: None)
                     for a in items:
                         if a.skip in ("excluded",):
                             continue
@@ -132,6 +134,8 @@ async def _plan(cfg: Config) -> int:
                             verdict = f"{verdict}; REFUSED ({', '.join(a.refusals)})".lstrip("; ")
                         _say(f"  {a.facts.name:<40} {a.facts.total_bytes / 1048576:10.1f} MiB  "
                              f"bloat {a.bloat:6.1%} ({a.method})  {verdict}")
+                        for k, v in a.details.items():
+                            _say(f"  {'':<40} {k}: {', '.join(v) if isinstance(v, list) else v}")
                         if a.eligible and first is None:
                             first = a
                             sample = await guards.read_sample(conn, a.facts.oid, data_dir)

@@ -30,6 +30,7 @@ from typing import Any
 import anyio
 import structlog
 
+from agent.sampler.buckets import Watch
 from agent.sampler.deltas import Entries, PgssDeltas, unpack_key
 from agent.sampler.metrics import Health
 from agent.sampler.totals import NFIELDS, Totals
@@ -53,6 +54,7 @@ class SamplerState:
     watermark: int | None = None  # newest pg_stat_monitor bucket_start_time consumed (epoch s)
     identity: Identity = field(default_factory=Identity)
     pgss: PgssDeltas = field(default_factory=PgssDeltas)
+    pgsm: Watch = field(default_factory=Watch)
 
     def to_json(self) -> dict[str, Any]:
         p = self.pgss
@@ -61,7 +63,8 @@ class SamplerState:
                              "postmaster_start": self.identity.postmaster_start},
                 "totals": self.totals.to_json(),
                 "pgss": {"stats_reset": p.stats_reset, "dealloc": p.dealloc,
-                         "packed": None if p.prev is None else pack_entries(p.prev)}}
+                         "packed": None if p.prev is None else pack_entries(p.prev)},
+                "pgsm": self.pgsm.to_json()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SamplerState:
@@ -76,7 +79,7 @@ class SamplerState:
             pgss = PgssDeltas.from_json(pd)  # version 1
         return cls(totals=Totals.from_json(d["totals"]), watermark=d.get("watermark"),
                    identity=Identity(ident.get("system_identifier"), ident.get("postmaster_start")),
-                   pgss=pgss)
+                   pgss=pgss, pgsm=Watch.from_json(d.get("pgsm") or {}))
 
 
 def pack_entries(e: Entries) -> dict[str, Any]:
