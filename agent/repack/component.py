@@ -215,21 +215,16 @@ class RepackJob:
         history = History.load(cfg.state_dir / "repack.json")
         now = time.time()
         best: candidates.Assessment | None = None
+        assess = candidates.judge(w, cfg.repack, history, now=now, seconds_left=slot.end.timestamp() - now)
+
+        def judge(t: candidates.TableFacts, dbf: candidates.DatabaseFacts) -> candidates.Assessment:
+            a = assess(t, dbf)
+            return replace(a, skip="tried") if (slot.key, t.key) in self._tried else a
+
         for db in w.databases:
             ctx.liveness.beat(NAME)
             try:
                 async with await ctx.pg_connect(NAME, db) as conn:
-                    free = guards.free_disk_bytes(await guards.data_directory(conn))
-
-                    def judge(t: candidates.TableFacts, dbf: candidates.DatabaseFacts,
-                              db: str = db, free: int = free) -> candidates.Assessment:
-                        key = table_key(db, t.schema, t.table)
-                        a = candidates.assess(t, dbf, w, cfg.repack, free_disk_bytes=free, now=now,
-                                              last_success=history.last_success(key),
-                                              throughput=history.throughput(),
-                                              seconds_left=slot.end.timestamp() - now)
-                        return replace(a, skip="tried") if (slot.key, key) in self._tried else a
-
                     items = await candidates.survey(conn, db, self.version, judge,
                                                     measure_timeout=float(cfg.repack.measure_timeout),
                                                     beat=lambda: ctx.liveness.beat(NAME))
@@ -245,7 +240,7 @@ class RepackJob:
                      measured=sum(a.facts.approx_bloat is not None or bool(a.facts.approx_failed) for a in items),
                      eligible=sum(a.eligible for a in items))
             for a in items:
-                key = table_key(db, a.facts.schema, a.facts.table)
+                key = a.facts.key
                 if a.skip or (slot.key, key) in self._tried:
                     continue
                 if a.refusals:

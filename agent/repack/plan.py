@@ -18,7 +18,7 @@ import httpx
 import psycopg
 
 from agent.core import pg
-from agent.core.config import Config, RepackWindow
+from agent.core.config import Config
 from agent.core.events import (
     DcsAvailability,
     Event,
@@ -31,7 +31,7 @@ from agent.core.events import (
 from agent.core.state import NodeState, reduce
 from agent.repack import candidates, guards, windows
 from agent.repack.component import binary_version, resolve_binary
-from agent.repack.history import History, table_key
+from agent.repack.history import History
 from agent.repack.lock import RepackLock
 
 
@@ -70,6 +70,20 @@ def _patroni_event(cfg: Config) -> Event:
                            paused=bool(body.get("pause")))
 
 
+async def _sample(cfg: Config, table: candidates.TableFacts | None, database: str | None) -> guards.Sample | None:
+    """The run's own GuardSession: the same queries, bounds and exclusions (None: unreadable)."""
+    db = table.database if table else database
+    session = guards.GuardSession(lambda: pg.connect(cfg.postgres, "repack-plan", db), table.oid if table else 0,
+                                  cfg.repack)
+    try:
+        return await session.read()
+    except (psycopg.Error, TimeoutError, OSError, RuntimeError) as e:
+        _say(f"guard sample: cannot read: {str(e).strip()[:200] or type(e).__name__}")
+        return None
+    finally:
+        await session.aclose()
+
+
 async def _plan(cfg: Config) -> int:
     rc = cfg.repack
     now = datetime.now(UTC)
@@ -92,7 +106,6 @@ async def _plan(cfg: Config) -> int:
                            await anyio.to_thread.run_sync(_patroni_event, cfg)]
     history = History.load(cfg.state_dir / "repack.json")
     first: candidates.Assessment | None = None
-    sample: guards.Sample | None = None
     shown = slot or nxt
     w = rc.windows[shown.index] if shown is not None else None
     seconds_left = (shown.end - max(now, shown.start)).total_seconds() if shown is not None else None
@@ -111,19 +124,11 @@ async def _plan(cfg: Config) -> int:
         state = reduce(state, ev)
 
     if w is not None:
+        judge = candidates.judge(w, rc, history, now=time.time(), seconds_left=seconds_left)
         for db in w.databases:
             _say(f"\ndatabase {db}:")
             try:
                 async with await pg.connect(cfg.postgres, "repack-plan", db) as conn:
-                    data_dir = await guards.data_directory(conn)
-                    free = guards.free_disk_bytes(data_dir)
-
-                    def judge(t: candidates.TableFacts, dbf: candidates.DatabaseFacts,
-                              db: str = db, free: int = free, w: RepackWindow = w) -> candidates.Assessment:
-                        return candidates.assess(t, dbf, w, rc, free_disk_bytes=free, now=time.time(),
-                                                 last_success=history.last_success(table_key(db, t.schema, t.table)),
-                                                 throughput=history.throughput(), seconds_left=seconds_left)
-
                     items = await candidates.survey(conn, db, version, judge,
                                                     measure_timeout=float(rc.measure_timeout), beat=lambda: None)
                     for a in items:
@@ -138,14 +143,14 @@ async def _plan(cfg: Config) -> int:
                             _say(f"  {'':<40} {k}: {', '.join(v) if isinstance(v, list) else v}")
                         if a.eligible and first is None:
                             first = a
-                            sample = await guards.read_sample(conn, a.facts.oid, data_dir)
-                    if sample is None:
-                        sample = await guards.read_sample(conn, 0, data_dir)
             except psycopg.Error as e:
                 _say(f"  cannot read: {str(e).strip()}")
+    # the guards as the run evaluates them before its start, on the table it would start with
+    sample = await _sample(cfg, first.facts if first else None, w.databases[0] if w and w.databases else None)
     end = (slot.end if slot else nxt.end if nxt else now).timestamp()
     trips = guards.evaluate(rc, state, sample, table_bytes=first.facts.total_bytes if first else 0,
-                            window_end=end if slot else float("inf"), now=time.time(), running=False)
+                            window_end=end if slot else float("inf"), now=time.time(), running=False,
+                            lock_held=True)
     _say(f"\nnode: role={state.role.value} leader={state.leader} confirmed_primary={state.confirmed_primary} "
          f"failover_pending={state.failover_pending} paused={state.paused} dcs_up={state.dcs_up}")
     if slot is None:

@@ -35,7 +35,7 @@ from agent.core.context import Context
 from agent.core.events import RepackFinished, RepackStarted
 from agent.repack import cleanup, guards
 from agent.repack.guards import Sample, Trip
-from agent.repack.metrics import Guard, RepackMetrics, RepackResult
+from agent.repack.metrics import RepackMetrics, RepackResult
 
 log = structlog.get_logger("repack")
 
@@ -133,13 +133,8 @@ class Run:
 
     # ---------------------------------------------------------------- guards
     def fast_trips(self) -> list[Trip]:
-        """What stops a run without asking PostgreSQL: node state, window, lock, a reload."""
-        trips = guards.state_trips(self.ctx.state.current) + guards.window_trip(self.window_end, time.time())
-        if not self.ctx.config.repack.enabled:
-            trips.append(Trip(Guard.DISABLED, "false", "true"))
-        if not self.lock_ok():
-            trips.append(Trip(Guard.REPACK_LOCK, "lost", "held"))
-        return trips
+        return guards.fast_trips(self.ctx.config.repack, self.ctx.state.current, window_end=self.window_end,
+                                 now=time.time(), lock_held=self.lock_ok())
 
     async def sampled_trips(self, session: guards.GuardSession, running: bool) -> list[Trip]:
         try:
@@ -152,7 +147,7 @@ class Run:
         sample = self.last_sample if self.sample_failures < SAMPLE_FAILURES_TO_TRIP else None
         return guards.evaluate(self.ctx.config.repack, self.ctx.state.current, sample,
                                table_bytes=self.t.total_bytes, window_end=self.window_end, now=time.time(),
-                               running=running, lock_held=True)
+                               running=running, lock_held=self.lock_ok())
 
     def _trip(self, trip: Trip, phase: str) -> None:
         self.metrics.guard_trips.labels(trip.guard.value).inc()
@@ -174,8 +169,7 @@ class Run:
     # ---------------------------------------------------------------- the run
     async def execute(self) -> Outcome:
         rc = self.ctx.config.repack
-        session = guards.GuardSession(lambda: self.ctx.pg_connect("repack", self.t.database), self.t.oid,
-                                      rc.lag_excluded_standbys)
+        session = guards.GuardSession(lambda: self.ctx.pg_connect("repack", self.t.database), self.t.oid, rc)
         try:
             trips = self.fast_trips() or await self.sampled_trips(session, running=False)
             if trips:
