@@ -18,16 +18,13 @@ from etcd3gw.client import Etcd3Client
 from etcd3gw.lease import Lease
 from etcd3gw.utils import _decode, _encode
 
+from agent.cluster.keys import Keys
 from agent.core.config import EtcdConfig, read_secret
 
 log = structlog.get_logger("repack")
 
 T = TypeVar("T")
 TTL = 10
-
-
-def lock_key(cfg: EtcdConfig) -> str:
-    return f"{cfg.namespace.rstrip('/')}/{cfg.scope}/pg-node-agent/repack-lock"
 
 
 def _client(cfg: EtcdConfig, endpoint: str) -> Etcd3Client:
@@ -47,7 +44,7 @@ class RepackLock:
     def __init__(self, cfg: EtcdConfig, member: str) -> None:
         self.cfg = cfg
         self.member = member
-        self.key = lock_key(cfg)
+        self.key = Keys(cfg.namespace, cfg.scope).repack_lock
         self._client: Etcd3Client | None = None
         self._lease: Lease | None = None
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import anyio
 import httpx
 import psycopg
 
+from agent.cluster.keys import Keys
+from agent.cluster.patroni_api import parse_patroni
 from agent.core import pg
 from agent.core.config import Config
 from agent.core.events import (
@@ -41,11 +42,11 @@ def _say(line: str = "") -> None:
 
 def _etcd_events(cfg: Config) -> list[Event]:
     lock = RepackLock(cfg.etcd, cfg.node.name)
+    keys = Keys(cfg.etcd.namespace, cfg.etcd.scope)  # the layout the leader watch reads
     try:
         client = lock._connect()
-        prefix = f"{cfg.etcd.namespace.rstrip('/')}/{cfg.etcd.scope}"
-        leader = client.get(f"{prefix}/leader")
-        failover = client.get(f"{prefix}/failover")
+        leader = client.get(keys.leader)
+        failover = client.get(keys.failover)
         holder = client.get(lock.key)
     except Exception as e:
         return [DcsAvailability(up=False, endpoint="", reason=str(e)[:200])]
@@ -58,16 +59,14 @@ def _etcd_events(cfg: Config) -> list[Event]:
 
 
 def _patroni_event(cfg: Config) -> Event:
+    """GET /patroni read as the agent's own poller reads it."""
     try:
-        r = httpx.get(f"{cfg.patroni.url.rstrip('/')}/patroni", timeout=float(cfg.patroni.timeout))
-        body: dict[str, Any] = r.json()
+        body = httpx.get(f"{cfg.patroni.url.rstrip('/')}/patroni", timeout=float(cfg.patroni.timeout)).json()
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
     except (httpx.HTTPError, ValueError):
         return PatroniObserved(up=False, role=Role.UNKNOWN)
-    raw = str(body.get("role", ""))
-    role = {"master": Role.PRIMARY, "primary": Role.PRIMARY, "replica": Role.REPLICA,
-            "standby_leader": Role.STANDBY_LEADER}.get(raw, Role.UNKNOWN)
-    return PatroniObserved(up=True, role=role, state=str(body.get("state", "")),
-                           paused=bool(body.get("pause")))
+    return parse_patroni(body)
 
 
 async def _sample(cfg: Config, table: candidates.TableFacts | None, database: str | None) -> guards.Sample | None:

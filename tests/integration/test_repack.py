@@ -4,6 +4,7 @@ client. Every test asserts that no client session was cancelled or terminated.""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -298,3 +299,22 @@ def test_plan_lists_candidates_and_refusals_and_names_the_guard_that_would_stop_
     assert re.search(r"public\.other .*REFUSED \(no_primary_key\)", out), out
     assert "guard would stop a run now: guard=confirmed_primary" in out
     assert filenode(pg15, db)[0] == node_before  # changed nothing
+
+
+@pytest.mark.parametrize("namespace", ["/service", "service", "/service/"])
+def test_plan_reads_the_leader_and_lock_keys_where_patroni_and_the_agent_write_them(
+        pg15: PgInstance, etcd: Etcd, db: str, ctx: Context, namespace: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Patroni writes `/service/<scope>/leader` however its namespace is spelled; so does the
+    leader watch (agent.cluster.keys). `repack plan` must read the same keys, not its own."""
+    cfg = dataclasses.replace(ctx.config, etcd=dataclasses.replace(ctx.config.etcd, namespace=namespace))
+    etcd.put(f"/service/{db}/leader", "n1")
+    etcd.put(f"/service/{db}/pg-node-agent/repack-lock", "n2")
+    try:
+        plan.main(cfg)
+        out = capsys.readouterr().out
+    finally:
+        etcd.delete(f"/service/{db}/leader")
+        etcd.delete(f"/service/{db}/pg-node-agent/repack-lock")
+    assert " leader=n1 " in out, out
+    assert f"repack lock /service/{db}/pg-node-agent/repack-lock held by n2" in out, out
