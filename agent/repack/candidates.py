@@ -284,12 +284,12 @@ async def read_database(conn: psycopg.AsyncConnection[dict[str, Any]], binary_ve
                          public=await trust.read_public(conn)), bool(row["has_pgstattuple"])
 
 
-async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: str,
-                      data_dir: str) -> list[TableFacts]:
-    """Catalog and statistics facts of every table: three set-wise queries, nothing per table."""
+async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: str) -> list[TableFacts]:
+    """Catalog and statistics facts of every table: set-wise queries, nothing per table."""
     code = await trust.read_index_code(conn)
     rows = await (await conn.execute(TABLES_SQL)).fetchall()
-    vols = await guards.read_volumes(conn, [r["oid"] for r in rows if not r["locked"]], data_dir)
+    vols = await guards.read_volumes(conn, [r["oid"] for r in rows if not r["locked"]],
+                                     await guards.data_directory(conn))
     return [TableFacts(database=database, index_code=code.get(r["oid"], ()), volumes=vols.get(r["oid"], ()), **r)
             for r in rows]
 
@@ -334,7 +334,7 @@ async def survey(conn: psycopg.AsyncConnection[dict[str, Any]], database: str, b
     whose measurement failed carry `approx_failed`; the caller names them."""
     dbf, has_pgstattuple = await read_database(conn, binary_version)
     beat()
-    items = [judge(t, dbf) for t in await read_tables(conn, database, await guards.data_directory(conn))]
+    items = [judge(t, dbf) for t in await read_tables(conn, database)]
     beat()
     if has_pgstattuple:
         where = {id(a): i for i, a in enumerate(items)}
