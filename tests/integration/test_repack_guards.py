@@ -19,8 +19,8 @@ import anyio
 import psycopg
 import pytest
 import structlog
+from repack_lab import LEFTOVERS
 from test_repack import (  # fixtures and helpers of the repack tests
-    LEFTOVERS,
     TRIGGER,
     any_client_killed,
     client_killed,
@@ -28,6 +28,7 @@ from test_repack import (  # fixtures and helpers of the repack tests
     ctx,
     db,
     filenode,
+    logged,
     make_ctx,
     q,
     recent,
@@ -266,9 +267,7 @@ async def test_a_table_in_a_tablespace_too_small_for_the_copy_is_refused_at_sele
         with structlog.testing.capture_logs() as logs:
             async with started(ctx):
                 confirm_primary(ctx)
-                with anyio.fail_after(60):
-                    while not any(e["event"] == "repack_window_done" for e in logs):
-                        await anyio.sleep(0.1)
+                await logged(logs, "repack_window_done")
         refused = next(e for e in logs if e["event"] == "repack_table_refused")
         assert refused["reasons"] == ["insufficient_disk"], refused
         assert refused["disk_path"] == str(mnt), refused
