@@ -183,7 +183,8 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         details.update(disk_path=disk.path, disk_free_bytes=disk.value, disk_needed_bytes=disk.threshold)
     if last_success is not None and now - last_success < w.min_interval:
         refusals.append("repacked_recently")
-    if throughput and seconds_left is not None and t.total_bytes / throughput * DURATION_MARGIN > seconds_left:
+    if seconds_left is not None and (estimate := estimated_seconds(t.total_bytes, throughput)) is not None \
+            and estimate > seconds_left:
         refusals.append("window_too_short")
     return Assessment(t, bloat, method, skip, refusals, details)
 

@@ -26,11 +26,11 @@ from agent.core.config import ConfigError, RepackWindow
 from agent.core.context import Context
 from agent.core.supervisor import Component
 from agent.repack import candidates, cleanup, guards, windows
-from agent.repack.history import History, table_key
+from agent.repack.history import History
 from agent.repack.leftovers import Pending
 from agent.repack.lock import TTL, RepackLock
 from agent.repack.metrics import RepackMetrics
-from agent.repack.runner import Target, repack_table
+from agent.repack.runner import repack_table
 
 log = structlog.get_logger("repack")
 
@@ -142,7 +142,7 @@ class RepackJob:
                          tables_started=self._started.get(slot.key, 0))
                 self._exhausted.add(slot.key)
                 continue
-            self._tried.add((slot.key, table_key(target.database, target.schema, target.table)))
+            self._tried.add((slot.key, target.key))
             await self._run_locked(ctx, target, slot)
 
     async def _idle(self, ctx: Context, seconds: float) -> None:
@@ -210,7 +210,7 @@ class RepackJob:
         self._publish_leftovers()
 
     # ------------------------------------------------------------------ choosing
-    async def _pick(self, ctx: Context, w: RepackWindow, slot: windows.Slot) -> Target | None:
+    async def _pick(self, ctx: Context, w: RepackWindow, slot: windows.Slot) -> candidates.TableFacts | None:
         cfg = ctx.config
         history = History.load(cfg.state_dir / "repack.json")
         now = time.time()
@@ -260,10 +260,10 @@ class RepackJob:
         log.info("repack_table_chosen", database=f.database, table=f.name, bloat_ratio=round(best.bloat, 3),
                  bloat_method=best.method, bloat_bytes=best.bloat_bytes, total_bytes=f.total_bytes,
                  threshold_ratio=w.bloat_ratio)
-        return Target(f.database, f.schema, f.table, f.oid, f.total_bytes)
+        return f
 
     # ------------------------------------------------------------------ running
-    async def _run_locked(self, ctx: Context, target: Target, slot: windows.Slot) -> None:
+    async def _run_locked(self, ctx: Context, target: candidates.TableFacts, slot: windows.Slot) -> None:
         lock = RepackLock(ctx.config.etcd, ctx.config.node.name)
         try:
             ok, holder = await lock.acquire()
@@ -303,7 +303,7 @@ class RepackJob:
         if out.leftovers:
             self._listed(target.database, target.oid)
         History.load(ctx.config.state_dir / "repack.json").record(
-            table_key(target.database, target.schema, target.table), out.result.value, time.time(),
+            target.key, out.result.value, time.time(),
             out.reclaimed_bytes, total_bytes=target.total_bytes, duration=out.duration_seconds)
         self.recent.appendleft({"database": target.database, "table": target.name, "result": out.result.value,
                                 "reason": out.reason, "reclaimed_bytes": out.reclaimed_bytes,

@@ -51,7 +51,7 @@ class RepackLock:
     async def _call(self, fn: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
-    def _connect(self) -> Etcd3Client:
+    def connect(self) -> Etcd3Client:
         err: Exception | None = None
         for ep in self.cfg.endpoints:
             try:
@@ -65,7 +65,7 @@ class RepackLock:
     async def acquire(self) -> tuple[bool, str | None]:
         """(True, member) when taken; (False, holder) when another member (or None: unknown) holds it."""
         def take() -> tuple[bool, str | None]:
-            c = self._client = self._connect()
+            c = self._client = self.connect()
             lease = c.lease(TTL)
             k = _encode(self.key)
             txn: dict[str, Any] = {

@@ -44,7 +44,7 @@ def _etcd_events(cfg: Config) -> list[Event]:
     lock = RepackLock(cfg.etcd, cfg.node.name)
     keys = Keys(cfg.etcd.namespace, cfg.etcd.scope)  # the layout the leader watch reads
     try:
-        client = lock._connect()
+        client = lock.connect()
         leader = client.get(keys.leader)
         failover = client.get(keys.failover)
         holder = client.get(lock.key)

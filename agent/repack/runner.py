@@ -34,6 +34,7 @@ from agent.core import pg, proc
 from agent.core.context import Context
 from agent.core.events import RepackFinished, RepackStarted
 from agent.repack import cleanup, guards
+from agent.repack.candidates import TableFacts
 from agent.repack.guards import Sample, Trip
 from agent.repack.metrics import RepackMetrics, RepackResult
 
@@ -88,19 +89,6 @@ class Outcome:
     lines: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Target:
-    database: str
-    schema: str
-    table: str
-    oid: int
-    total_bytes: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
 REL_SQL = """
 SELECT pg_relation_filenode(%(oid)s::oid)::bigint AS filenode,
        pg_total_relation_size(%(oid)s::oid) AS total_bytes
@@ -117,7 +105,7 @@ async def _rel(conn: psycopg.AsyncConnection[dict[str, Any]], oid: int) -> dict[
 class Run:
     """State of one run, so the guard loop, the output pump and the cleanup share it."""
 
-    def __init__(self, ctx: Context, metrics: RepackMetrics, binary: str, target: Target, window_end: float,
+    def __init__(self, ctx: Context, metrics: RepackMetrics, binary: str, target: TableFacts, window_end: float,
                  lock_ok: Callable[[], bool]) -> None:
         self.ctx = ctx
         self.metrics = metrics
@@ -299,7 +287,7 @@ class Run:
         return remaining
 
 
-async def repack_table(ctx: Context, metrics: RepackMetrics, binary: str, target: Target, window_end: float,
+async def repack_table(ctx: Context, metrics: RepackMetrics, binary: str, target: TableFacts, window_end: float,
                        lock_ok: Callable[[], bool]) -> Outcome:
     run = Run(ctx, metrics, binary, target, window_end, lock_ok)
     out = await run.execute()
