@@ -257,6 +257,14 @@ def _archive(a: Body) -> str:
     return f"ok, {x.get('ready_files', 0)} .ready"
 
 
+def _lost(lost: Any) -> str:
+    """`{"expired": 2, "reset": 1}` -> "3 (expired 2, reset 1)"; 0 when none."""
+    parts = {k: v for k, v in lost.items() if v} if isinstance(lost, dict) else {}
+    if not parts:
+        return "0"
+    return f"{sum(parts.values())} (" + ", ".join(f"{k} {v}" for k, v in sorted(parts.items())) + ")"
+
+
 def render_node(a: Body) -> str:
     s = _d(a.get("state"))
     lines = [
@@ -273,7 +281,7 @@ def render_node(a: Body) -> str:
     smp = a.get("sampler")
     lines.append(f"  sampler   {_sampler(a)}"
                  + ((f" ({smp['unavailable']})" if smp.get("unavailable") else
-                     f", watermark {smp.get('watermark')}, missed buckets {smp.get('buckets_missed')}")
+                     f", watermark {smp.get('watermark')}, lost buckets {_lost(smp.get('buckets_lost'))}")
                     if isinstance(smp, dict) else ""))
     rp = _d(a.get("repack"))
     waiting = ", ".join(map(str, rp.get("waiting_for") or [])) or "-"

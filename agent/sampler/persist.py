@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from agent.core.files import write_atomic as write_atomic  # the sampler's component calls it from here
+from agent.sampler.buckets import Watch
 from agent.sampler.deltas import PgssDeltas
 from agent.sampler.totals import Totals
 
@@ -33,12 +34,13 @@ class SamplerState:
     watermark: int | None = None  # newest pg_stat_monitor bucket_start_time consumed (epoch s)
     identity: Identity = field(default_factory=Identity)
     pgss: PgssDeltas = field(default_factory=PgssDeltas)
+    pgsm: Watch = field(default_factory=Watch)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": VERSION, "watermark": self.watermark,
                 "identity": {"system_identifier": self.identity.system_identifier,
                              "postmaster_start": self.identity.postmaster_start},
-                "totals": self.totals.to_json(), "pgss": self.pgss.to_json()}
+                "totals": self.totals.to_json(), "pgss": self.pgss.to_json(), "pgsm": self.pgsm.to_json()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SamplerState:
@@ -47,7 +49,7 @@ class SamplerState:
         ident = d.get("identity") or {}
         return cls(totals=Totals.from_json(d["totals"]), watermark=d.get("watermark"),
                    identity=Identity(ident.get("system_identifier"), ident.get("postmaster_start")),
-                   pgss=PgssDeltas.from_json(d.get("pgss") or {}))
+                   pgss=PgssDeltas.from_json(d.get("pgss") or {}), pgsm=Watch.from_json(d.get("pgsm") or {}))
 
 
 def load(path: Path, label_names: tuple[str, ...]) -> SamplerState:

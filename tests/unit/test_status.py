@@ -106,8 +106,10 @@ def test_rendered_table_marks_the_down_agent_and_withheld_watchdog() -> None:
 def test_node_view_names_each_job() -> None:
     a = agent("pg1")
     a["repack"] = {"running": {"database": "app", "table": "public.t"}, "leftovers": 0, "waiting_for": []}
-    a["sampler"] = {"source": "pg_stat_monitor", "series": 120, "watermark": "2026-11-24T08:00:00", "buckets_missed": 0}
+    a["sampler"] = {"source": "pg_stat_monitor", "series": 120, "watermark": "2026-11-24T08:00:00",
+                    "buckets_lost": {"expired": 2, "reset": 1, "restart": 0}}
     out = render_node(a)
+    assert "lost buckets 3 (expired 2, reset 1)" in out
     assert "role primary  leader pg1  view None  confirmed primary yes" in out
     assert "  watchdog  fed 0.4s" in out
     assert "  sampler   pg_stat_monitor 120 series" in out
