@@ -21,6 +21,7 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 from repack_lab import LEFTOVERS
+from testlab.postgres import PgInstance
 
 from agent.core.config import parse
 from agent.core.context import Context
@@ -33,7 +34,6 @@ from agent.core.events import (
     Role,
 )
 from agent.lab.etcd import Etcd
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import await_until, children
 from agent.repack import plan
 from agent.repack.component import components

@@ -34,13 +34,13 @@ from test_repack import (  # fixtures and helpers of the repack tests
     recent,
     started,
 )
+from testlab.postgres import PgInstance
 
 from agent.core.config import RepackConfig
 from agent.core.context import Context
 from agent.core.events import FailoverPending
 from agent.lab.etcd import Etcd
 from agent.lab.patroni import PG_BIN_DIR
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import LAB_USER, await_until, lab_user
 from agent.repack import guards, plan
 

@@ -15,10 +15,10 @@ import pytest
 from repack_lab import LEFTOVERS
 from test_repack import client_killed, confirm_primary, q, recent, started
 from test_repack import make_ctx as repack_ctx
+from testlab.postgres import PgInstance
 
 from agent.core.context import Context
 from agent.lab.etcd import Etcd
-from agent.lab.postgres import PgInstance
 
 pytestmark = pytest.mark.slow
 

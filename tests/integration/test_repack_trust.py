@@ -17,12 +17,12 @@ import psycopg
 import pytest
 from test_repack import confirm_primary, logged, q, started
 from test_repack import make_ctx as repack_ctx
+from testlab.postgres import PgInstance
 
 from agent.core import pg as agent_pg
 from agent.core.config import parse
 from agent.core.context import Context
 from agent.lab.etcd import Etcd
-from agent.lab.postgres import PgInstance
 from agent.repack import candidates, plan
 
 _n = itertools.count(1)

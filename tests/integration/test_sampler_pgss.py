@@ -8,10 +8,10 @@ from pathlib import Path
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
+from testlab.postgres import PgInstance
 
 from agent.core import config as config_mod
 from agent.core.context import Context
-from agent.lab.postgres import PgInstance
 from agent.sampler.component import Sampler, components
 
 
