@@ -1,6 +1,6 @@
 """pg-node-agent vs postgres_exporter 0.11.1 on the same PostgreSQL 15, in one run.
 
-One throwaway PostgreSQL 15 (agent.lab.PgInstance, pg_stat_statements preloaded, its `max`
+One throwaway PostgreSQL 15 (tests/integration/testlab/postgres.py, pg_stat_statements preloaded, its `max`
 raised above N) gets N distinct statements (distinct by shape: `SELECT c<a> FROM t WHERE c<b> = $1`
 over a 100-column table, so each has its own queryid). Then, one after the other:
 
@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from psycopg import sql
 
 from agent.lab.ports import free_port
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import Proc, wait_until
 from agent.lab.rundir import new_run_dir, remove_run_dir
+from tests.integration.testlab.postgres import PgInstance
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")

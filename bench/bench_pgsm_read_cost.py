@@ -24,9 +24,9 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.lab.patroni import PG_BIN_DIR
-from agent.lab.postgres import PgInstance
 from agent.lab.rundir import new_run_dir, remove_run_dir
 from agent.sampler.pg_stat_monitor import COLUMNS, build_select
+from tests.integration.testlab.postgres import PgInstance
 
 BT, MB, TABLES, COLS = 20, 6, 50, 100
 # the read before this change: the view, filtered to the buckets to ingest

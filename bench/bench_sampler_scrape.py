@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.core import config as config_mod
 from agent.core import http
 from agent.core.context import Context
-from agent.lab.postgres import PgInstance
 from agent.lab.rundir import new_run_dir, remove_run_dir
 from agent.sampler.component import Sampler, components
 from tests.integration.pgsm_standin import loader
+from tests.integration.testlab.postgres import PgInstance
 
 
 def rss_mb() -> float:

@@ -1,6 +1,6 @@
 """How long a blocked leftover cleanup stalls the table's readers, old schedule vs new.
 
-A throwaway PostgreSQL 15 (agent.lab.PgInstance) gets a table with real pg_repack leftovers
+A throwaway PostgreSQL 15 (tests/integration/testlab/postgres.py) gets a table with real pg_repack leftovers
 (pg_repack 1.4.8 SIGKILLed after its trigger exists) and a client transaction holding ACCESS
 SHARE on it, so no cleanup can take its ACCESS EXCLUSIVE lock. While a cleanup keeps trying for
 `--seconds`, one reader thread runs primary-key lookups on the table back to back; every lookup
@@ -23,18 +23,22 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.integration.testlab
 
 import anyio
 import psycopg
 from psycopg.rows import dict_row
 
 from agent.lab.patroni import PG_BIN_DIR, SUPERUSER
-from agent.lab.postgres import PgInstance
 from agent.lab.rundir import new_run_dir, remove_run_dir
 from agent.repack import cleanup
+from tests.integration.testlab.postgres import PgInstance
 
 DB = "stall"
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
 import time
 import zlib
@@ -30,6 +29,7 @@ from typing import Any
 import anyio
 import structlog
 
+from agent.core.files import write_atomic
 from agent.sampler.buckets import Watch
 from agent.sampler.deltas import Entries, PgssDeltas, unpack_key
 from agent.sampler.metrics import Health
@@ -143,26 +143,6 @@ def save(path: Path, state: SamplerState) -> int:
     data = encode(state)
     write_atomic(path, data)
     return len(data)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename + fsync(dir): a crash leaves the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 class Writer:

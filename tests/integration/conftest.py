@@ -14,13 +14,13 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
+from testlab.postgres import PgInstance
 
 from agent.lab import pgversions
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import ETCD_BIN, Etcd
 from agent.lab.patroni import PATRONI_BIN, PG_BIN_DIR
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import LAB_USER
 from agent.lab.rundir import new_run_dir, remove_run_dir
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
+from testlab.postgres import PgInstance
 
 from agent.archive import cli as archive_cli
 from agent.cluster import pg_role
@@ -20,7 +21,6 @@ from agent.core.context import Context
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import Etcd
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import wait_until
 from agent.repack import plan
 

@@ -19,10 +19,10 @@ import anyio
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from testlab.postgres import PgInstance
 
 from agent.core import config as config_mod
 from agent.core.context import Context
-from agent.lab.postgres import PgInstance
 from agent.sampler.buckets import aligned, oldest_visible_start
 from agent.sampler.component import Sampler, components
 from tests.integration.pgsm_standin import loader

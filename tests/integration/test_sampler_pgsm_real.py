@@ -25,12 +25,12 @@ from typing import Any
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from testlab.postgres import PgInstance
 
 from agent.core import config as config_mod
 from agent.core.context import Context
 from agent.lab.etcd import Etcd
 from agent.lab.patroni import PG_BIN_DIR, SUPERUSER
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import wait_until
 from agent.sampler.pg_stat_monitor import COLUMNS, LABEL_SQL, build_select
 from tests.integration.agentproc import AgentProc

@@ -11,10 +11,10 @@ import anyio
 import pytest
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
+from testlab.postgres import PgInstance
 
 from agent.core import config as config_mod
 from agent.core.context import Context
-from agent.lab.postgres import PgInstance
 from agent.sampler import deltas as deltas_mod
 from agent.sampler import persist
 from agent.sampler import totals as totals_mod

@@ -21,6 +21,7 @@ import anyio.abc
 import pytest
 import structlog
 from psycopg import sql
+from testlab.postgres import PgInstance
 
 from agent.cluster.etcd import Etcd as EtcdClient
 from agent.core import config as config_mod
@@ -29,7 +30,6 @@ from agent.core.context import Context
 from agent.core.sdnotify import Notifier
 from agent.core.supervisor import Component, Supervisor
 from agent.lab.etcd import Etcd
-from agent.lab.postgres import PgInstance
 
 pytestmark = pytest.mark.integration
 

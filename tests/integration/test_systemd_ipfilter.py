@@ -15,8 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from testlab import nspawn
 
-from agent.lab import nspawn
 from agent.lab.etcd import Etcd
 from agent.lab.ports import free_port
 from agent.lab.procs import wait_until
@@ -60,12 +60,11 @@ listen = "127.0.0.1:{port}"
 [logging]
 format = "json"
 """
-    binds = {agent_dir: "/mnt/pgna/agent", deps_dir: "/mnt/pgna/deps", ROOT / "systemd": "/mnt/pgna/systemd"}
+    binds = nspawn.agent_binds(ROOT, agent_dir, deps_dir)
     ok = False
     try:
         with nspawn.Container(lower, binds_ro=binds, log_dir=log_dir, bpf=True) as ct:
-            nspawn.install_agent(ct, "/mnt/pgna/agent", "/mnt/pgna/deps")
-            ct.run(["install", "-m", "0644", f"/mnt/pgna/systemd/{UNIT}", f"/etc/systemd/system/{UNIT}"])
+            nspawn.install_agent(ct, ROOT)  # steps 2-4: venv, user, the unit unchanged
             ct.write_file("/etc/pg-node-agent/agent.toml", config, mode="0640", owner="root:postgres")
             ct.systemctl("daemon-reload", check=True)
             # The filter, not the network, must be what drops it: an unfiltered unit's connect is answered.

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pytest
 from psycopg import sql
+from testlab import nspawn
+from testlab.postgres import PgInstance
 
-from agent.lab import nspawn
 from agent.lab.etcd import Etcd
 from agent.lab.ports import free_port
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import LabTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,14 +196,13 @@ def machine(request: pytest.FixtureRequest, etcd: Etcd, pg15: PgInstance) -> Ite
     scope = f"ct{uuid.uuid4().hex[:8]}"
     etcd.put(f"/service/{scope}/leader", LEADER)
     port = free_port()
-    binds = {agent_dir: "/mnt/pgna/agent", deps_dir: "/mnt/pgna/deps", ROOT / "systemd": "/mnt/pgna/systemd"}
+    binds = nspawn.agent_binds(ROOT, agent_dir, deps_dir)
     failed_before = request.session.testsfailed
     with nspawn.Container(lower, binds_ro=binds, log_dir=log_dir) as ct:
         timings["boot"] = nspawn.TIMINGS["boot_s"]
         t = time.monotonic()
         # --- docs/installation.md, as an operator would do it
-        nspawn.install_agent(ct, "/mnt/pgna/agent", "/mnt/pgna/deps")
-        ct.run(["install", "-m", "0644", f"/mnt/pgna/systemd/{UNIT}", f"/etc/systemd/system/{UNIT}"])
+        nspawn.install_agent(ct, ROOT)  # steps 2-4: venv, user, the unit unchanged
         ct.write_file("/etc/pg-node-agent/pgpass", password + "\n", mode="0600")
         good = _config(etcd, pg15, port, scope)
         ct.write_file(CONFIG, good, mode="0640", owner="root:postgres")
@@ -294,6 +293,15 @@ def test_start_returns_after_ready_with_status_and_health(machine: Machine) -> N
     assert re.search(rf"^Uid:\s+{uid}\s", status, re.M), status
     env = m.proc(int(p["MainPID"]), "environ").split("\0")
     assert f"STATE_DIRECTORY={STATE_DIR}" in env and any(e.startswith("CREDENTIALS_DIRECTORY=") for e in env)
+
+
+def test_documentation_the_unit_names_is_installed(machine: Machine) -> None:
+    """`Documentation=` names files that docs/installation.md's steps put on the node."""
+    uris = machine.props("Documentation")["Documentation"].replace('"', "").split()
+    assert uris and all(u.startswith("file:///") for u in uris), uris
+    for path in (u.removeprefix("file://") for u in uris):
+        r = machine.ct.run(["test", "-s", path], check=False)
+        assert r.returncode == 0, f"{path} (Documentation= of the unit) is not installed"
 
 
 # --------------------------------------------------------------------------- 2. watchdog
