@@ -36,6 +36,7 @@ class Cluster:
         etcd_tls: LabCA | None = None,
         etcd_user: tuple[str, str] | None = None,
         patroni_bin: Path = PATRONI_BIN,
+        pg_version: int | None = None,
         agent_scheme: str = "http",
     ) -> None:
         self.run_dir = run_dir
@@ -52,6 +53,7 @@ class Cluster:
             etcd_tls=etcd_tls,
             etcd_user=etcd_user,
             patroni_bin=patroni_bin,
+            pg_version=pg_version,
             agent_scheme=agent_scheme,
         )
         self.nodes = [PatroniNode(run_dir, f"node{i}", settings) for i in range(1, nodes + 1)]

@@ -1,4 +1,4 @@
-"""One Patroni node (PostgreSQL 15 under Patroni 4, etcd3 DCS) as the lab user.
+"""One Patroni node (PostgreSQL 15, or 17/18 from the lab wheels, under Patroni 4, etcd3 DCS) as the lab user.
 
 Patroni's YAML config is written as JSON (YAML is a superset), so the lab needs no YAML library.
 The node's directory is its unix socket directory too: the agent and the tests (root) connect
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.lab import http
+from agent.lab import http, pgversions
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, chown_to_lab_user, descendants, pid_alive, signal_pids, wait_until
 from agent.lab.rundir import lab_subdir
@@ -24,7 +24,7 @@ from agent.status import AGENT_TAG
 
 PATRONI_BIN = Path("/opt/pg-node-agent-lab/patroni-venv/bin/patroni")
 PATRONI3_BIN = Path("/opt/pg-node-agent-lab/patroni3-venv/bin/patroni")  # Patroni 3.x, a lab variant
-PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+PG_BIN_DIR = pgversions.bin_dir()  # the default version's; a node may be given another
 
 SUPERUSER = "postgres"
 LAB_PASSWORD = "lab-secret"  # noqa: S105 - loopback-only lab; the agent itself uses peer auth
@@ -53,6 +53,7 @@ class PatroniSettings:
     etcd_tls: LabCA | None = None  # etcd's client URLs are https with client certificates required
     etcd_user: tuple[str, str] | None = None  # etcd RBAC (user, password)
     patroni_bin: Path = PATRONI_BIN
+    pg_version: int | None = None  # None: the lab default (agent.lab.pgversions)
     agent_scheme: str = "http"  # of the `pg_node_agent` tag: "https" where the agents serve TLS
 
 
@@ -147,7 +148,7 @@ class PatroniNode:
                 "listen": f"127.0.0.1:{self.pg_port}",
                 "connect_address": f"127.0.0.1:{self.pg_port}",
                 "data_dir": str(self.data_dir),
-                "bin_dir": str(PG_BIN_DIR),
+                "bin_dir": str(pgversions.bin_dir(s.pg_version)),
                 "pgpass": str(self.dir / "pgpass"),
                 "authentication": {
                     "superuser": {"username": SUPERUSER, "password": LAB_PASSWORD},

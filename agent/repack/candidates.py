@@ -1,9 +1,11 @@
 """Which tables a window would repack, and why the others are left alone.
 
-The decision (`assess`) is pure: it takes one row of catalog facts per table plus the history
-and the free disk, and returns either a candidate or the named reasons it is not one. SQL only
-gathers those facts (`TABLES_SQL` and `trust`'s queries, set-wise: nothing runs per table but the
-few measurements below).
+The decision (`assess`) is pure: it takes one row of catalog facts per table plus the history,
+and returns either a candidate or the named reasons it is not one. SQL only gathers those facts
+(`TABLES_SQL`, `guards.PLACEMENT_SQL` and `trust`'s queries, set-wise: nothing runs per table but
+the few measurements below). Disk is judged as the run's guard judges it before a start
+(`guards.disk_trip` over every file system holding the table, its TOAST, its indexes and pg_wal), so
+a table the guard would stop is refused here, by name and path, instead of being chosen.
 
 Bloat estimate. First from statistics, for every table in one query: the expected heap is
 `reltuples x (row width from pg_stats + 28 bytes of tuple header and line pointer)` packed into
@@ -33,7 +35,8 @@ from typing import Any
 import psycopg
 
 from agent.core.config import RepackConfig, RepackWindow
-from agent.repack import trust
+from agent.repack import guards, trust
+from agent.repack.history import History, table_key
 
 PAGE = 8192
 PAGE_HEADER = 24
@@ -67,10 +70,16 @@ class TableFacts:
     owner: str = ""
     owner_trusted: bool = False  # a superuser or the agent's own role; repack.trusted_owners adds more
     index_code: tuple[str, ...] = ()  # code outside pg_catalog that building its indexes would run
+    volumes: tuple[guards.Volume, ...] = ()  # the file systems its copy and WAL would land on
 
     @property
     def name(self) -> str:
         return f"{self.schema}.{self.table}"
+
+    @property
+    def key(self) -> str:
+        """Its key in the node's history."""
+        return table_key(self.database, self.schema, self.table)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +139,7 @@ def _statistics_bloat(t: TableFacts) -> tuple[float, str]:
 DURATION_MARGIN = 1.5
 
 
-def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig, *, free_disk_bytes: int,
+def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig, *,
            last_success: float | None, now: float, throughput: float | None = None,
            seconds_left: float | None = None) -> Assessment:
     bloat, method = estimate_bloat(t)
@@ -168,13 +177,15 @@ def assess(t: TableFacts, db: DatabaseFacts, w: RepackWindow, cfg: RepackConfig,
         refusals.append("vacuum_running")
     if t.xid_age > 0.8 * t.freeze_max_age:
         refusals.append("relfrozenxid_age")
-    if free_disk_bytes < cfg.min_free_disk_ratio * t.total_bytes:
+    details = {k: v for d in untrusted.values() for k, v in d.items()}
+    if (disk := guards.disk_trip(cfg, t.volumes, t.total_bytes, running=False)) is not None:
         refusals.append("insufficient_disk")
+        details.update(disk_path=disk.path, disk_free_bytes=disk.value, disk_needed_bytes=disk.threshold)
     if last_success is not None and now - last_success < w.min_interval:
         refusals.append("repacked_recently")
-    if throughput and seconds_left is not None and t.total_bytes / throughput * DURATION_MARGIN > seconds_left:
+    if seconds_left is not None and (estimate := estimated_seconds(t.total_bytes, throughput)) is not None \
+            and estimate > seconds_left:
         refusals.append("window_too_short")
-    details = {k: v for d in untrusted.values() for k, v in d.items()}
     return Assessment(t, bloat, method, skip, refusals, details)
 
 
@@ -275,10 +286,13 @@ async def read_database(conn: psycopg.AsyncConnection[dict[str, Any]], binary_ve
 
 
 async def read_tables(conn: psycopg.AsyncConnection[dict[str, Any]], database: str) -> list[TableFacts]:
-    """Catalog and statistics facts of every table: two set-wise queries, nothing per table."""
+    """Catalog and statistics facts of every table: set-wise queries, nothing per table."""
     code = await trust.read_index_code(conn)
-    return [TableFacts(database=database, index_code=code.get(row["oid"], ()), **row)
-            for row in await (await conn.execute(TABLES_SQL)).fetchall()]
+    rows = await (await conn.execute(TABLES_SQL)).fetchall()
+    vols = await guards.read_volumes(conn, [r["oid"] for r in rows if not r["locked"]],
+                                     await guards.data_directory(conn))
+    return [TableFacts(database=database, index_code=code.get(r["oid"], ()), volumes=vols.get(r["oid"], ()), **r)
+            for r in rows]
 
 
 async def measure(conn: psycopg.AsyncConnection[dict[str, Any]], t: TableFacts, timeout: float) -> TableFacts:
@@ -301,6 +315,17 @@ async def measure(conn: psycopg.AsyncConnection[dict[str, Any]], t: TableFacts, 
 
 
 Judge = Callable[[TableFacts, DatabaseFacts], Assessment]
+
+
+def judge(w: RepackWindow, cfg: RepackConfig, history: History, *, now: float,
+          seconds_left: float | None) -> Judge:
+    """`assess` with this window, config and node history: what the run and `repack plan` both use."""
+    throughput = history.throughput()
+
+    def one(t: TableFacts, db: DatabaseFacts) -> Assessment:
+        return assess(t, db, w, cfg, now=now, last_success=history.last_success(t.key), throughput=throughput,
+                      seconds_left=seconds_left)
+    return one
 
 
 async def survey(conn: psycopg.AsyncConnection[dict[str, Any]], database: str, binary_version: str | None,

@@ -26,11 +26,11 @@ from agent.core.config import ConfigError, RepackWindow
 from agent.core.context import Context
 from agent.core.supervisor import Component
 from agent.repack import candidates, cleanup, guards, windows
-from agent.repack.history import History, table_key
+from agent.repack.history import History
 from agent.repack.leftovers import Pending
 from agent.repack.lock import TTL, RepackLock
 from agent.repack.metrics import RepackMetrics
-from agent.repack.runner import Target, repack_table
+from agent.repack.runner import repack_table
 
 log = structlog.get_logger("repack")
 
@@ -142,7 +142,7 @@ class RepackJob:
                          tables_started=self._started.get(slot.key, 0))
                 self._exhausted.add(slot.key)
                 continue
-            self._tried.add((slot.key, table_key(target.database, target.schema, target.table)))
+            self._tried.add((slot.key, target.key))
             await self._run_locked(ctx, target, slot)
 
     async def _idle(self, ctx: Context, seconds: float) -> None:
@@ -210,26 +210,21 @@ class RepackJob:
         self._publish_leftovers()
 
     # ------------------------------------------------------------------ choosing
-    async def _pick(self, ctx: Context, w: RepackWindow, slot: windows.Slot) -> Target | None:
+    async def _pick(self, ctx: Context, w: RepackWindow, slot: windows.Slot) -> candidates.TableFacts | None:
         cfg = ctx.config
         history = History.load(cfg.state_dir / "repack.json")
         now = time.time()
         best: candidates.Assessment | None = None
+        assess = candidates.judge(w, cfg.repack, history, now=now, seconds_left=slot.end.timestamp() - now)
+
+        def judge(t: candidates.TableFacts, dbf: candidates.DatabaseFacts) -> candidates.Assessment:
+            a = assess(t, dbf)
+            return replace(a, skip="tried") if (slot.key, t.key) in self._tried else a
+
         for db in w.databases:
             ctx.liveness.beat(NAME)
             try:
                 async with await ctx.pg_connect(NAME, db) as conn:
-                    free = guards.free_disk_bytes(await guards.data_directory(conn))
-
-                    def judge(t: candidates.TableFacts, dbf: candidates.DatabaseFacts,
-                              db: str = db, free: int = free) -> candidates.Assessment:
-                        key = table_key(db, t.schema, t.table)
-                        a = candidates.assess(t, dbf, w, cfg.repack, free_disk_bytes=free, now=now,
-                                              last_success=history.last_success(key),
-                                              throughput=history.throughput(),
-                                              seconds_left=slot.end.timestamp() - now)
-                        return replace(a, skip="tried") if (slot.key, key) in self._tried else a
-
                     items = await candidates.survey(conn, db, self.version, judge,
                                                     measure_timeout=float(cfg.repack.measure_timeout),
                                                     beat=lambda: ctx.liveness.beat(NAME))
@@ -245,7 +240,7 @@ class RepackJob:
                      measured=sum(a.facts.approx_bloat is not None or bool(a.facts.approx_failed) for a in items),
                      eligible=sum(a.eligible for a in items))
             for a in items:
-                key = table_key(db, a.facts.schema, a.facts.table)
+                key = a.facts.key
                 if a.skip or (slot.key, key) in self._tried:
                     continue
                 if a.refusals:
@@ -265,10 +260,10 @@ class RepackJob:
         log.info("repack_table_chosen", database=f.database, table=f.name, bloat_ratio=round(best.bloat, 3),
                  bloat_method=best.method, bloat_bytes=best.bloat_bytes, total_bytes=f.total_bytes,
                  threshold_ratio=w.bloat_ratio)
-        return Target(f.database, f.schema, f.table, f.oid, f.total_bytes)
+        return f
 
     # ------------------------------------------------------------------ running
-    async def _run_locked(self, ctx: Context, target: Target, slot: windows.Slot) -> None:
+    async def _run_locked(self, ctx: Context, target: candidates.TableFacts, slot: windows.Slot) -> None:
         lock = RepackLock(ctx.config.etcd, ctx.config.node.name)
         try:
             ok, holder = await lock.acquire()
@@ -308,7 +303,7 @@ class RepackJob:
         if out.leftovers:
             self._listed(target.database, target.oid)
         History.load(ctx.config.state_dir / "repack.json").record(
-            table_key(target.database, target.schema, target.table), out.result.value, time.time(),
+            target.key, out.result.value, time.time(),
             out.reclaimed_bytes, total_bytes=target.total_bytes, duration=out.duration_seconds)
         self.recent.appendleft({"database": target.database, "table": target.name, "result": out.result.value,
                                 "reason": out.reason, "reclaimed_bytes": out.reclaimed_bytes,

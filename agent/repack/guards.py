@@ -5,12 +5,17 @@ The figures are read by two cheap queries (`SAMPLE_SQL`, `PLACEMENT_SQL`) plus s
 session of the run's own in the target database (`GuardSession`); `pg_repack`'s own sessions
 (application_name `pg_repack`) are left out of every figure: its lock attempts and its own
 transaction must not trip the guards that protect clients from it.
+
+One path for everyone who asks "may a run start": the run and `repack plan` read a `GuardSession`
+built from the same RepackConfig and fold it through `evaluate`; the candidate pre-check measures
+disk with the same `read_volumes` and `disk_trip`. A second reading of a setting is how they drifted.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +96,15 @@ def disk_needed(cfg: RepackConfig, v: Volume, table_bytes: int, running: bool) -
     return int(copy * v.table_bytes + (WAL_FACTOR * table_bytes if v.wal else 0))
 
 
+def disk_trip(cfg: RepackConfig, vols: Sequence[Volume], table_bytes: int, running: bool) -> Trip | None:
+    """The first file system short of space, if any: the run's guard and the candidate pre-check."""
+    for v in vols:
+        need = disk_needed(cfg, v, table_bytes, running)
+        if v.free_bytes < need:
+            return Trip(Guard.FREE_DISK, v.free_bytes, need, "bytes", v.path)
+    return None
+
+
 def sample_trips(cfg: RepackConfig, x: Sample, table_bytes: int, running: bool) -> list[Trip]:
     trips: list[Trip] = []
     if x.replication_lag_bytes > cfg.max_replication_lag_bytes:
@@ -103,11 +117,8 @@ def sample_trips(cfg: RepackConfig, x: Sample, table_bytes: int, running: bool) 
                           float(cfg.max_transaction_age), "seconds"))
     if x.archive_ready_files > cfg.max_archive_ready_files:
         trips.append(Trip(Guard.ARCHIVE_BACKLOG, x.archive_ready_files, cfg.max_archive_ready_files))
-    for v in x.volumes:
-        need = disk_needed(cfg, v, table_bytes, running)
-        if v.free_bytes < need:
-            trips.append(Trip(Guard.FREE_DISK, v.free_bytes, need, "bytes", v.path))
-            break  # one trip per guard, naming the first file system short of space
+    if (disk := disk_trip(cfg, x.volumes, table_bytes, running)) is not None:
+        trips.append(disk)
     return trips
 
 
@@ -118,13 +129,21 @@ def window_trip(window_end: float, now: float) -> list[Trip]:
     return []
 
 
-def evaluate(cfg: RepackConfig, state: NodeState, sample: Sample | None, *, table_bytes: int,
-             window_end: float, now: float, running: bool, lock_held: bool = True) -> list[Trip]:
-    """Every guard that trips now; empty means go on. `sample=None` means it could not be read."""
-    trips = state_trips(state)
+def fast_trips(cfg: RepackConfig, state: NodeState, *, window_end: float, now: float,
+               lock_held: bool) -> list[Trip]:
+    """What stops a run without asking PostgreSQL: node state, window, a reload, the lock."""
+    trips = state_trips(state) + window_trip(window_end, now)
+    if not cfg.enabled:
+        trips.append(Trip(Guard.DISABLED, "false", "true"))
     if not lock_held:
         trips.append(Trip(Guard.REPACK_LOCK, "lost", "held"))
-    trips += window_trip(window_end, now)
+    return trips
+
+
+def evaluate(cfg: RepackConfig, state: NodeState, sample: Sample | None, *, table_bytes: int,
+             window_end: float, now: float, running: bool, lock_held: bool) -> list[Trip]:
+    """Every guard that trips now; empty means go on. `sample=None` means it could not be read."""
+    trips = fast_trips(cfg, state, window_end=window_end, now=now, lock_held=lock_held)
     if sample is None:
         trips.append(Trip(Guard.GUARD_SAMPLE, "unreadable", "readable"))
     else:
@@ -158,20 +177,22 @@ SELECT
   (SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%%.ready')::int AS archive_ready_files
 """
 
-# Where the table, its TOAST and its indexes live: pg_repack builds each copy in the original's
+# Where each table, its TOAST and its indexes live: pg_repack builds each copy in the original's
 # tablespace. An empty location is the database's default tablespace in the data directory.
+# Sizing takes ACCESS SHARE: callers leave out tables they know to be locked.
 PLACEMENT_SQL = """
-SELECT pg_tablespace_location(coalesce(nullif(c.reltablespace, 0), d.dattablespace)) AS location,
+WITH t AS (SELECT oid AS tbl, reltoastrelid AS toast FROM pg_class WHERE oid = ANY (%(oids)s::oid[])),
+parts AS (
+  SELECT tbl, tbl AS rel FROM t
+  UNION ALL SELECT tbl, toast FROM t WHERE toast <> 0
+  UNION ALL SELECT t.tbl, i.indexrelid FROM t JOIN pg_index i ON i.indrelid IN (t.tbl, t.toast))
+SELECT p.tbl::bigint AS tbl,
+       pg_tablespace_location(coalesce(nullif(c.reltablespace, 0), d.dattablespace)) AS location,
        sum(pg_relation_size(c.oid, 'main') + pg_relation_size(c.oid, 'fsm')
            + pg_relation_size(c.oid, 'vm'))::bigint AS bytes
-  FROM pg_class c, pg_database d
+  FROM parts p JOIN pg_class c ON c.oid = p.rel, pg_database d
  WHERE d.datname = current_database()
-   AND c.oid IN (SELECT %(oid)s::oid
-                 UNION SELECT reltoastrelid FROM pg_class WHERE oid = %(oid)s::oid AND reltoastrelid <> 0
-                 UNION SELECT indexrelid FROM pg_index
-                        WHERE indrelid IN (%(oid)s::oid,
-                                           (SELECT reltoastrelid FROM pg_class WHERE oid = %(oid)s::oid)))
- GROUP BY 1
+ GROUP BY 1, 2
 """
 
 
@@ -181,15 +202,31 @@ def free_disk_bytes(path: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def volumes(data_dir: str, placement: list[tuple[str, int]]) -> tuple[Volume, ...]:
-    """One Volume per file system (st_dev) among the table's tablespaces and pg_wal."""
+def _disk(path: str) -> tuple[int, int]:
+    return os.stat(path).st_dev, free_disk_bytes(path)
+
+
+def volumes(data_dir: str, placement: Iterable[tuple[str, int]],
+            disk: Callable[[str], tuple[int, int]] = _disk) -> tuple[Volume, ...]:
+    """One Volume per file system (st_dev) among the table's tablespaces and pg_wal. `disk`:
+    (st_dev, free bytes) of a path."""
     by_dev: dict[int, Volume] = {}
     paths = [(loc or data_dir, n, False) for loc, n in placement] + [(os.path.join(data_dir, "pg_wal"), 0, True)]
     for path, n, wal in paths:
-        dev = os.stat(path).st_dev
-        v = by_dev.get(dev) or Volume(path, free_disk_bytes(path), 0, False)
+        dev, free = disk(path)
+        v = by_dev.get(dev) or Volume(path, free, 0, False)
         by_dev[dev] = Volume(v.path, v.free_bytes, v.table_bytes + n, v.wal or wal)
     return tuple(by_dev.values())
+
+
+async def read_volumes(conn: psycopg.AsyncConnection[dict[str, Any]], oids: Sequence[int],
+                       data_dir: str) -> dict[int, tuple[Volume, ...]]:
+    """The file systems each table's copy and WAL land on; each path is statvfs'd once per call."""
+    placed: dict[int, list[tuple[str, int]]] = {oid: [] for oid in oids}
+    for r in await (await conn.execute(PLACEMENT_SQL, {"oids": list(oids)})).fetchall():
+        placed[int(r["tbl"])].append((str(r["location"]), int(r["bytes"])))
+    disk = functools.cache(_disk)
+    return {oid: volumes(data_dir, p, disk) for oid, p in placed.items()}
 
 
 async def data_directory(conn: psycopg.AsyncConnection[dict[str, Any]]) -> str:
@@ -200,18 +237,18 @@ async def data_directory(conn: psycopg.AsyncConnection[dict[str, Any]]) -> str:
     return str(row["data_directory"])
 
 
-async def read_sample(conn: psycopg.AsyncConnection[dict[str, Any]], table_oid: int, data_dir: str,
-                      lag_excluded: Sequence[str] = ()) -> Sample:
+async def _read_sample(conn: psycopg.AsyncConnection[dict[str, Any]], table_oid: int, data_dir: str,
+                       lag_excluded: Sequence[str]) -> Sample:
     cur = await conn.execute(SAMPLE_SQL, {"oid": table_oid, "lag_excluded": list(lag_excluded)})
     row = await cur.fetchone()
     if row is None:
         raise RuntimeError("query returned no row")
-    placed = await (await conn.execute(PLACEMENT_SQL, {"oid": table_oid})).fetchall()
+    vols = await read_volumes(conn, [table_oid], data_dir)
     return Sample(replication_lag_bytes=int(row["replication_lag_bytes"]),
                   lock_waiters=int(row["lock_waiters"]),
                   oldest_xact_age_seconds=float(row["oldest_xact_age_seconds"]),
                   archive_ready_files=int(row["archive_ready_files"]),
-                  volumes=volumes(data_dir, [(str(r["location"]), int(r["bytes"])) for r in placed]))
+                  volumes=vols[table_oid])
 
 
 class GuardSession:
@@ -222,10 +259,10 @@ class GuardSession:
     server restarted, the last-resort client deadline) is replaced by a fresh one at the next sample."""
 
     def __init__(self, connect: Callable[[], Awaitable[psycopg.AsyncConnection[dict[str, Any]]]],
-                 table_oid: int, lag_excluded: Sequence[str]) -> None:
+                 table_oid: int, cfg: RepackConfig) -> None:
         self._connect = connect
         self._oid = table_oid
-        self._lag_excluded = tuple(lag_excluded)
+        self._lag_excluded = tuple(cfg.lag_excluded_standbys)  # of the config the run started with
         self._conn: psycopg.AsyncConnection[dict[str, Any]] | None = None
         self._data_dir = ""
 
@@ -240,7 +277,7 @@ class GuardSession:
             self._data_dir = await data_directory(conn)
         # a server that stops answering at all: give up on this session, not on the run
         with anyio.fail_after(SAMPLE_TIMEOUT * 5):
-            return await read_sample(conn, self._oid, self._data_dir, self._lag_excluded)
+            return await _read_sample(conn, self._oid, self._data_dir, self._lag_excluded)
 
     async def aclose(self) -> None:
         if self._conn is not None:

@@ -1,16 +1,16 @@
 """The tables whose pg_repack leftovers are not dropped yet, per database, kept in
 `<state_dir>/repack-leftovers.json`: a cleanup that could not take its lock (a client held the
 table) is retried until the list is empty, across agent restarts. Written atomically (temp file +
-rename): a crash leaves the old file."""
+rename + fsync, agent.core.files): a crash leaves the old file."""
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
+
+from agent.core import files
 
 log = structlog.get_logger("repack")
 
@@ -22,14 +22,8 @@ class Pending:
 
     @classmethod
     def load(cls, path: Path) -> Pending:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            data = {}
-        except (OSError, ValueError) as e:  # the sweep at promotion finds them again
-            log.warning("repack_leftovers_file_unreadable", path=str(path), error=str(e))
-            data = {}
-        raw = data.get("tables") if isinstance(data, dict) else None
+        # unreadable: the sweep at promotion finds them again
+        raw = files.read_json_object(path, log, "repack_leftovers_file_unreadable").get("tables")
         tables = {str(db): sorted({int(o) for o in oids if isinstance(o, int)})
                   for db, oids in (raw.items() if isinstance(raw, dict) else []) if isinstance(oids, list)}
         return cls(path, {db: oids for db, oids in tables.items() if oids})
@@ -50,10 +44,4 @@ class Pending:
         return True
 
     def save(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"tables": self.tables}, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError as e:
-            log.warning("repack_leftovers_file_not_saved", path=str(self.path), error=str(e))
+        files.save_json(self.path, {"tables": self.tables}, log, "repack_leftovers_file_not_saved")

@@ -34,8 +34,9 @@ from agent.core import pg, proc
 from agent.core.context import Context
 from agent.core.events import RepackFinished, RepackStarted
 from agent.repack import cleanup, guards
+from agent.repack.candidates import TableFacts
 from agent.repack.guards import Sample, Trip
-from agent.repack.metrics import Guard, RepackMetrics, RepackResult
+from agent.repack.metrics import RepackMetrics, RepackResult
 
 log = structlog.get_logger("repack")
 
@@ -88,19 +89,6 @@ class Outcome:
     lines: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Target:
-    database: str
-    schema: str
-    table: str
-    oid: int
-    total_bytes: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
 REL_SQL = """
 SELECT pg_relation_filenode(%(oid)s::oid)::bigint AS filenode,
        pg_total_relation_size(%(oid)s::oid) AS total_bytes
@@ -117,7 +105,7 @@ async def _rel(conn: psycopg.AsyncConnection[dict[str, Any]], oid: int) -> dict[
 class Run:
     """State of one run, so the guard loop, the output pump and the cleanup share it."""
 
-    def __init__(self, ctx: Context, metrics: RepackMetrics, binary: str, target: Target, window_end: float,
+    def __init__(self, ctx: Context, metrics: RepackMetrics, binary: str, target: TableFacts, window_end: float,
                  lock_ok: Callable[[], bool]) -> None:
         self.ctx = ctx
         self.metrics = metrics
@@ -133,13 +121,8 @@ class Run:
 
     # ---------------------------------------------------------------- guards
     def fast_trips(self) -> list[Trip]:
-        """What stops a run without asking PostgreSQL: node state, window, lock, a reload."""
-        trips = guards.state_trips(self.ctx.state.current) + guards.window_trip(self.window_end, time.time())
-        if not self.ctx.config.repack.enabled:
-            trips.append(Trip(Guard.DISABLED, "false", "true"))
-        if not self.lock_ok():
-            trips.append(Trip(Guard.REPACK_LOCK, "lost", "held"))
-        return trips
+        return guards.fast_trips(self.ctx.config.repack, self.ctx.state.current, window_end=self.window_end,
+                                 now=time.time(), lock_held=self.lock_ok())
 
     async def sampled_trips(self, session: guards.GuardSession, running: bool) -> list[Trip]:
         try:
@@ -152,7 +135,7 @@ class Run:
         sample = self.last_sample if self.sample_failures < SAMPLE_FAILURES_TO_TRIP else None
         return guards.evaluate(self.ctx.config.repack, self.ctx.state.current, sample,
                                table_bytes=self.t.total_bytes, window_end=self.window_end, now=time.time(),
-                               running=running, lock_held=True)
+                               running=running, lock_held=self.lock_ok())
 
     def _trip(self, trip: Trip, phase: str) -> None:
         self.metrics.guard_trips.labels(trip.guard.value).inc()
@@ -174,8 +157,7 @@ class Run:
     # ---------------------------------------------------------------- the run
     async def execute(self) -> Outcome:
         rc = self.ctx.config.repack
-        session = guards.GuardSession(lambda: self.ctx.pg_connect("repack", self.t.database), self.t.oid,
-                                      rc.lag_excluded_standbys)
+        session = guards.GuardSession(lambda: self.ctx.pg_connect("repack", self.t.database), self.t.oid, rc)
         try:
             trips = self.fast_trips() or await self.sampled_trips(session, running=False)
             if trips:
@@ -305,7 +287,7 @@ class Run:
         return remaining
 
 
-async def repack_table(ctx: Context, metrics: RepackMetrics, binary: str, target: Target, window_end: float,
+async def repack_table(ctx: Context, metrics: RepackMetrics, binary: str, target: TableFacts, window_end: float,
                        lock_ok: Callable[[], bool]) -> Outcome:
     run = Run(ctx, metrics, binary, target, window_end, lock_ok)
     out = await run.execute()

@@ -34,20 +34,25 @@ class Sampler:
         self.path: Path = ctx.config.state_dir / "sampler.json"
         self.state: SamplerState = persist.load(self.path, tuple(ctx.config.sampler.labels))
         self.health = Health()
+        self.writer = persist.Writer(self.path, self.health)
         self.health.last_ingested_bucket = (float(self.state.watermark)
                                             if self.state.watermark is not None else None)
         self.source: PgStatMonitor | PgStatStatements | None = None
         self.unavailable: str | None = None  # why no source can be read now (for /status)
         self.reading: str | None = None  # the source open() chose, before it is known to be readable
-        self.save_error: str | None = None  # why the state file could not be written, while it cannot
         self.version = 0  # bumped whenever the totals may have changed: re-render the query series
+
+    @property
+    def save_error(self) -> str | None:
+        """Why the state file could not be written, while it cannot."""
+        return self.writer.error
 
     def status(self) -> dict[str, Any]:
         return {"source": self.health.source, "watermark": self.state.watermark,
                 "series": len(self.state.totals.series), "queryids_kept": len(self.state.totals.kept),
                 "buckets_lost": dict(self.state.totals.buckets_lost), "reads": self.health.reads,
                 "read_failures": dict(self.health.read_failures), "fallback": self.health.fallback,
-                "unavailable": self.unavailable}
+                "unavailable": self.unavailable, "save_error": self.writer.error}
 
     async def open(self, ctx: Context) -> Conn:
         """Connect and choose the source; settings and schema are read once per session."""
@@ -81,22 +86,11 @@ class Sampler:
                                                cfg.grace, self.health)
         if changed or stepped:
             self.version += 1
-            await self._save()
+            # pg_stat_monitor's consumed buckets (and what its memory held) must reach the disk
+            # before they can expire; pgss counters are cumulative, so they can wait (persist)
+            self.writer.changed(urgent=changed or not isinstance(self.source, PgStatStatements))
+        await self.writer.maybe_save(self.state)  # a failed write is survived, retried next read
         return wait
-
-    async def _save(self) -> None:
-        """A state file that cannot be written (permissions, a full or read-only disk) is its own
-        problem, logged once per reason: PostgreSQL is fine and the counters go on in memory."""
-        try:
-            await anyio.to_thread.run_sync(persist.write_atomic, self.path, persist.encode(self.state))
-        except OSError as e:
-            if self.save_error != (err := f"{type(e).__name__}: {e}"):
-                log.error("sampler_state_not_saved", path=str(self.path), error=err, action="counting_in_memory")
-                self.save_error = err
-            return
-        if self.save_error is not None:
-            log.info("sampler_state_saved_again", path=str(self.path))
-            self.save_error = None
 
     def _check_identity(self, c: dict[str, Any]) -> bool:
         """A new system_identifier is another database cluster (rebuilt node): its buckets and
@@ -162,6 +156,9 @@ class Sampler:
                 ctx.liveness.beat(NAME)
                 await self._pause(ctx, delay, down)
         finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                if self.writer.dirty:  # a clean stop keeps everything counted so far
+                    await self.writer.save(self.state)
             await _close(conn)
 
     def _failed(self, ctx: Context, e: BaseException, *, first: bool) -> None:

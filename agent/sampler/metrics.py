@@ -36,6 +36,8 @@ class Health:
     postgres_outages: int = 0
     source_resets: dict[str, int] = field(default_factory=dict)  # kind -> count
     histogram_mismatches: int = 0  # rows whose resp_calls did not sum to calls
+    state_bytes_written: int = 0  # to the state file (persist.Writer)
+    state_write_errors: int = 0
     read_failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_FAILURES, 0))
     fallback: str | None = None  # why `auto` reads pg_stat_statements although pg_stat_monitor exists
 
@@ -135,3 +137,8 @@ class SamplerHealthCollector(Collector):
         yield CounterMetricFamily("pgnode_sampler_histogram_mismatches",
                                   "pg_stat_monitor rows whose resp_calls did not add up to calls.",
                                   value=h.histogram_mismatches)
+        yield CounterMetricFamily("pgnode_sampler_state_written_bytes",
+                                  "Bytes written to the sampler's state file.", value=h.state_bytes_written)
+        yield CounterMetricFamily("pgnode_sampler_state_write_errors",
+                                  "Failed writes of the sampler's state file (the state is kept in memory "
+                                  "and written again later).", value=h.state_write_errors)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 OTHER = "other"
@@ -174,6 +174,12 @@ class Totals:
         self.series_folded += folded
         return folded
 
+    def added(self, batch: Batch, top_n: int, max_series: int) -> Totals:
+        """A copy with `batch` added; self is left as it was (readers may hold it meanwhile)."""
+        t = replace(self, **{f.name: _copied(getattr(self, f.name)) for f in fields(self)})
+        t.add(batch, top_n, max_series)
+        return t
+
     def _promote(self, batch: Batch, top_n: int) -> None:
         if len(self.kept) >= top_n:
             return
@@ -224,3 +230,10 @@ class Totals:
                           else {"expired": int(d.get("buckets_missed", 0))})
         t.series_folded = int(d["series_folded"])
         return t
+
+
+def _copied(x: Any) -> Any:
+    """A field of Totals as `added` needs it: containers new, lists of values in them too."""
+    if isinstance(x, dict):
+        return {k: v.copy() if isinstance(v, list) else v for k, v in x.items()}
+    return x

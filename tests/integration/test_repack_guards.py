@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,8 +19,8 @@ import anyio
 import psycopg
 import pytest
 import structlog
+from repack_lab import LEFTOVERS
 from test_repack import (  # fixtures and helpers of the repack tests
-    LEFTOVERS,
     TRIGGER,
     any_client_killed,
     client_killed,
@@ -27,6 +28,7 @@ from test_repack import (  # fixtures and helpers of the repack tests
     ctx,
     db,
     filenode,
+    logged,
     make_ctx,
     q,
     recent,
@@ -40,7 +42,7 @@ from agent.core.events import FailoverPending
 from agent.lab.etcd import Etcd
 from agent.lab.patroni import PG_BIN_DIR
 from agent.lab.procs import LAB_USER, await_until, lab_user
-from agent.repack import guards
+from agent.repack import guards, plan
 
 __all__ = ["ctx", "db"]  # fixtures used by name
 
@@ -232,8 +234,12 @@ def small_tablespace(pg15: PgInstance) -> Iterator[tuple[str, Path]]:
         mnt.rmdir()
 
 
-async def test_a_tablespace_too_small_for_the_copy_is_refused_by_the_disk_guard(
-        pg15: PgInstance, etcd: Etcd, small_tablespace: tuple[str, Path], tmp_path: Path) -> None:
+async def test_a_table_in_a_tablespace_too_small_for_the_copy_is_refused_at_selection_not_started(
+        pg15: PgInstance, etcd: Etcd, small_tablespace: tuple[str, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The data directory has room, the tablespace does not: the pre-check at selection measures
+    the same file systems as the run's disk guard, so the table is refused there (and in
+    `repack plan`), naming the tablespace's path, and no run starts."""
     spc, mnt = small_tablespace
     name = f"repack_spc_{os.getpid()}"
     pg15.psql(f"CREATE DATABASE {name}")
@@ -247,20 +253,27 @@ async def test_a_tablespace_too_small_for_the_copy_is_refused_by_the_disk_guard(
         q(pg15, name, "VACUUM ANALYZE tbl")
         st = os.statvfs(mnt)
         total = int(q(pg15, name, "SELECT pg_total_relation_size('tbl')")[0][0])
+        data = os.statvfs(pg15.data_dir)
+        assert data.f_bavail * data.f_frsize > 3 * total  # the data directory alone would let it run
         print(f"tablespace free {st.f_bavail * st.f_frsize} bytes, table {total} bytes")  # noqa: T201
         ctx = make_ctx(pg15, etcd, name, tmp_path)
         node_before = q(pg15, name, "SELECT pg_relation_filenode('tbl')")[0][0]
+
+        assert await anyio.to_thread.run_sync(plan.main, ctx.config) == 1
+        out = capsys.readouterr().out
+        assert re.search(r"public\.tbl .*REFUSED \(insufficient_disk\)", out), out
+        assert f"disk_path: {mnt}\n" in out, out
+
         with structlog.testing.capture_logs() as logs:
             async with started(ctx):
                 confirm_primary(ctx)
-                with anyio.fail_after(60):
-                    while not ctx.registry.get_sample_value("pgnode_repack_guard_trips_total",
-                                                            {"guard": "free_disk"}):
-                        assert not ctx.status_sections["repack"]()["recent"], "a run started"
-                        await anyio.sleep(0.1)
-        trip = next(e for e in logs if e["event"] == "repack_guard_tripped" and e["guard"] == "free_disk")
-        assert trip["phase"] == "before_start" and trip["path"] == str(mnt), trip
-        assert trip["value_bytes"] < trip["threshold_bytes"]
+                await logged(logs, "repack_window_done")
+        refused = next(e for e in logs if e["event"] == "repack_table_refused")
+        assert refused["reasons"] == ["insufficient_disk"], refused
+        assert refused["disk_path"] == str(mnt), refused
+        assert refused["disk_free_bytes"] < refused["disk_needed_bytes"], refused
+        assert ctx.status_sections["repack"]()["recent"] == []
+        assert not any(e["event"] in ("repack_guard_tripped", "repack_started") for e in logs)
         assert q(pg15, name, "SELECT pg_relation_filenode('tbl')")[0][0] == node_before
         assert not q(pg15, name, REPACK_BACKENDS)
     finally:
@@ -348,7 +361,8 @@ def receivewal_role(pg15: PgInstance) -> None:
 
 
 async def test_a_delayed_standby_blocks_repack_unless_excluded_by_config(
-        pg15: PgInstance, etcd: Etcd, db: str, tmp_path: Path, delayed_standby: PgInstance) -> None:
+        pg15: PgInstance, etcd: Etcd, db: str, tmp_path: Path, delayed_standby: PgInstance,
+        capsys: pytest.CaptureFixture[str]) -> None:
     # the delay holds back commit records: replay stops at the first one, so all WAL after it lags
     q(pg15, db, "INSERT INTO other VALUES (0)")
     q(pg15, db, "INSERT INTO other SELECT generate_series(1, 200000)")
@@ -357,6 +371,16 @@ async def test_a_delayed_standby_blocks_repack_unless_excluded_by_config(
     await await_until(lambda: (pg15.psql(lag_sql) or [(0,)])[0][0] > 2 * 1024 * 1024, 30,
                       "the delayed standby 2 MiB behind in replay")
     strict = make_ctx(pg15, etcd, db, tmp_path / "strict", max_replication_lag_bytes=1024 * 1024)
+    lenient = make_ctx(pg15, etcd, db, tmp_path / "lenient", max_replication_lag_bytes=1024 * 1024,
+                       lag_excluded_standbys=["delayed"])
+    # `repack plan` evaluates the guards as a run would: the same trip, the same exclusion
+    await anyio.to_thread.run_sync(plan.main, strict.config)
+    assert "guard would stop a run now: guard=replication_lag" in capsys.readouterr().out
+    await anyio.to_thread.run_sync(plan.main, lenient.config)
+    said = capsys.readouterr().out
+    assert "guard would stop a run now: guard=confirmed_primary" in said  # it does evaluate the guards
+    assert "guard=replication_lag" not in said, said
+
     async with started(strict):
         confirm_primary(strict)
         with anyio.fail_after(60):
@@ -365,8 +389,6 @@ async def test_a_delayed_standby_blocks_repack_unless_excluded_by_config(
                 await anyio.sleep(0.1)
     assert strict.status_sections["repack"]()["recent"] == []
 
-    lenient = make_ctx(pg15, etcd, db, tmp_path / "lenient", max_replication_lag_bytes=1024 * 1024,
-                       lag_excluded_standbys=["delayed"])
     async with started(lenient):
         confirm_primary(lenient)
         out = await recent(lenient, 60)

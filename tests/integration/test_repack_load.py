@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from repack_lab import DB, EXTENSIONS, LEFTOVERS, REPACK, bloated_table
 
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster, connect
@@ -25,25 +26,8 @@ from agent.lab.procs import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DB = "app"
 ROWS = 300_000
 _scopes = itertools.count(1)
-REPACK = f"""
-[repack]
-enabled = true
-wait_timeout = "2s"
-[[repack.windows]]
-cron = "0 * * * *"
-duration = "2h"
-databases = ["{DB}"]
-min_table_bytes = 0
-bloat_ratio = 0.3
-"""
-LEFTOVERS = """
-SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = 'repack_trigger')
-     + (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'repack' AND c.relname ~ '^(log|table)_[0-9]+$') AS n
-"""
 SCRIPT = f"""\\set id random(1, {ROWS})
 SELECT payload FROM tbl WHERE id = :id;
 UPDATE tbl SET payload = md5(:id::text) WHERE id = :id;
@@ -62,10 +46,7 @@ def loaded(run_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
         leader = c.leader()
         c.psql(leader, f"CREATE DATABASE {DB}")
         with connect(leader, DB) as conn:
-            for stmt in ("CREATE EXTENSION pg_repack", "CREATE EXTENSION pgstattuple",
-                         "CREATE TABLE tbl (id int PRIMARY KEY, payload text)", "CREATE TABLE other (id int)",
-                         f"INSERT INTO tbl SELECT i, md5(i::text) FROM generate_series(1, {ROWS}) i",
-                         "DELETE FROM tbl WHERE id % 10 < 7", "VACUUM ANALYZE tbl"):
+            for stmt in [*EXTENSIONS, "CREATE TABLE other (id int)", *bloated_table("tbl", ROWS)]:
                 conn.execute(stmt.encode())
         yield c
     finally:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from repack_lab import DB, EXTENSIONS, LEFTOVERS, REPACK, bloated_table
 
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster, connect
@@ -21,24 +22,7 @@ from agent.lab.procs import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-DB = "app"
 _scopes = itertools.count(1)
-REPACK = f"""
-[repack]
-enabled = true
-wait_timeout = "2s"
-[[repack.windows]]
-cron = "0 * * * *"
-duration = "2h"
-databases = ["{DB}"]
-min_table_bytes = 0
-bloat_ratio = 0.3
-"""
-LEFTOVERS = """
-SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = 'repack_trigger')
-     + (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'repack' AND c.relname ~ '^(log|table)_[0-9]+$') AS n
-"""
 
 
 @pytest.fixture
@@ -49,13 +33,8 @@ def one_node(run_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
         leader = c.leader()
         c.psql(leader, f"CREATE DATABASE {DB}")
         with connect(leader, DB) as conn:
-            for stmt in ("CREATE EXTENSION pg_repack", "CREATE EXTENSION pgstattuple",
-                         "CREATE TABLE tbl (id int PRIMARY KEY, payload text)", "CREATE TABLE other (id int)",
-                         "CREATE TABLE tbl2 (id int PRIMARY KEY, payload text)",
-                         "INSERT INTO tbl SELECT i, md5(i::text) FROM generate_series(1, 100000) i",
-                         "INSERT INTO tbl2 SELECT i, md5(i::text) FROM generate_series(1, 50000) i",
-                         "DELETE FROM tbl WHERE id % 10 < 7", "DELETE FROM tbl2 WHERE id % 10 < 7",
-                         "VACUUM ANALYZE tbl", "VACUUM ANALYZE tbl2"):
+            for stmt in [*EXTENSIONS, "CREATE TABLE other (id int)", *bloated_table("tbl", 100_000),
+                         *bloated_table("tbl2", 50_000)]:
                 conn.execute(stmt.encode())
         yield c
     finally:

@@ -12,11 +12,11 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
-from prometheus_client import CollectorRegistry
-from test_repack import LEFTOVERS, client_killed, confirm_primary, q, recent, started
+from repack_lab import LEFTOVERS
+from test_repack import client_killed, confirm_primary, q, recent, started
+from test_repack import make_ctx as repack_ctx
 from testlab.postgres import PgInstance
 
-from agent.core.config import parse
 from agent.core.context import Context
 from agent.lab.etcd import Etcd
 
@@ -59,15 +59,7 @@ def dbs(pg15: PgInstance) -> Iterator[tuple[str, str]]:
 
 
 def make_ctx(pg: PgInstance, etcd: Etcd, dbs: list[str], state_dir: Path, **repack: Any) -> Context:
-    cfg = parse({
-        "node": {"name": "n1", "state_dir": str(state_dir)},
-        "etcd": {"endpoints": [etcd.url], "scope": dbs[0]},
-        "postgres": {"host": str(pg.socket_dir), "port": pg.port, "dbname": dbs[0]},
-        "repack": {"enabled": True, "wait_timeout": "2s", "grace": "1s", **repack,
-                   "windows": [{"cron": "0 * * * *", "duration": "2h", "databases": dbs,
-                                "min_table_bytes": 0, "bloat_ratio": 0.3}]},
-    })
-    return Context.create(cfg, CollectorRegistry())
+    return repack_ctx(pg, etcd, dbs[0], state_dir, window={"databases": dbs}, **repack)
 
 
 async def test_a_database_of_thousands_of_tables_keeps_heartbeats_fresh_and_its_timed_out_table_is_chosen(

@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 import psycopg
 import pytest
-from prometheus_client import CollectorRegistry
-from test_repack import confirm_primary, q, started
+from test_repack import confirm_primary, logged, q, started
+from test_repack import make_ctx as repack_ctx
 from testlab.postgres import PgInstance
 
 from agent.core import pg as agent_pg
@@ -71,15 +71,7 @@ def owned(pg15: PgInstance) -> Iterator[tuple[str, str]]:
 
 
 def make_ctx(pg: PgInstance, etcd: Etcd, db: str, state_dir: Path, **repack: Any) -> Context:
-    cfg = parse({
-        "node": {"name": "n1", "state_dir": str(state_dir)},
-        "etcd": {"endpoints": [etcd.url], "scope": db},
-        "postgres": {"host": str(pg.socket_dir), "port": pg.port, "dbname": db},
-        "repack": {"enabled": True, "wait_timeout": "2s", "grace": "1s", **repack,
-                   "windows": [{"cron": "0 * * * *", "duration": "2h", "databases": [db],
-                                "include": ["public.t"], "min_table_bytes": 0, "bloat_ratio": 0.3}]},
-    })
-    return Context.create(cfg, CollectorRegistry())
+    return repack_ctx(pg, etcd, db, state_dir, window={"include": ["public.t"]}, **repack)
 
 
 def test_plan_names_both_refusals_of_an_untrusted_owners_table_with_index_code(
@@ -107,8 +99,7 @@ async def test_a_trusted_owners_table_whose_index_runs_user_code_is_refused_and_
     async with started(ctx):
         confirm_primary(ctx)
         with anyio.fail_after(60):
-            while not any(e["event"] in ("repack_window_done", "repack_finished") for e in logs):
-                await anyio.sleep(0.05)
+            await logged(logs, "repack_window_done", "repack_finished")
     assert not superuser(pg15, role)
     refused = [e for e in logs if e["event"] == "repack_table_refused"]
     assert [(e["table"], e["reasons"], e["index_code"]) for e in refused] == [
@@ -224,8 +215,7 @@ async def test_a_function_shadowing_pg_repacks_own_calls_does_not_make_its_owner
         async with started(ctx):
             confirm_primary(ctx)
             with anyio.fail_after(60):
-                while not any(e["event"] in ("repack_window_done", "repack_finished") for e in logs):
-                    await anyio.sleep(0.05)
+                await logged(logs, "repack_window_done", "repack_finished")
         assert not superuser(pg15, role)
     refused = [(e["table"], e["reasons"], e["public_code"]) for e in logs if e["event"] == "repack_table_refused"]
     assert refused == [("public.t", ["public_user_code", "public_writable"], [NAMED["function"]])], refused

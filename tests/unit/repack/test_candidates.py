@@ -16,6 +16,7 @@ from agent.repack.candidates import (
     order,
     to_measure,
 )
+from agent.repack.guards import Volume
 from agent.repack.history import History
 from agent.repack.trust import PublicSchema
 
@@ -33,7 +34,9 @@ T = TableFacts(database="db", oid=1, schema="public", table="t", heap_bytes=100 
 
 def _assess(t: TableFacts = T, db: DatabaseFacts = DB, free: int = 10**12,
             last: float | None = None) -> Assessment:
-    return assess(t, db, W, CFG, free_disk_bytes=free, last_success=last, now=1_000_000.0)
+    """`free`: bytes free on the one file system holding the data directory, the table and pg_wal."""
+    t = dataclasses.replace(t, volumes=(Volume("/data", free, t.total_bytes, True),))
+    return assess(t, db, W, CFG, last_success=last, now=1_000_000.0)
 
 
 def test_bloated_table_with_a_key_is_eligible() -> None:
@@ -93,14 +96,14 @@ def test_a_table_of_an_owner_not_trusted_is_refused_unless_listed() -> None:
     a = _assess(app)
     assert a.refusals == ["untrusted_owner"] and a.details == {"owner": "app_owner"}
     trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
-    assert assess(app, DB, W, trusting, free_disk_bytes=10**12, last_success=None, now=0.0).refusals == []
+    assert assess(app, DB, W, trusting, last_success=None, now=0.0).refusals == []
 
 
 def test_a_table_whose_indexes_run_user_code_is_refused_even_for_a_trusted_owner() -> None:
     code = ("function public.f(integer)",)
     t = dataclasses.replace(T, owner="app_owner", owner_trusted=False, index_code=code)
     trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
-    a = assess(t, DB, W, trusting, free_disk_bytes=10**12, last_success=None, now=0.0)
+    a = assess(t, DB, W, trusting, last_success=None, now=0.0)
     assert a.refusals == ["index_user_code"] and a.details == {"index_code": list(code)}
 
 
@@ -111,11 +114,11 @@ def test_user_code_in_public_refuses_every_table_of_the_database_unless_its_owne
     assert a.refusals == ["public_user_code"]
     assert a.details == {"public_code": [code[0][0], code[1][0]]}
     trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
-    b = assess(T, dataclasses.replace(DB, public=PublicSchema(code=code)), W, trusting, free_disk_bytes=10**12,
+    b = assess(T, dataclasses.replace(DB, public=PublicSchema(code=code)), W, trusting,
                last_success=None, now=0.0)
     assert b.details == {"public_code": [code[0][0]]}
     trusting_both = dataclasses.replace(CFG, trusted_owners=["app_owner", "mallory"])
-    assert assess(T, dataclasses.replace(DB, public=PublicSchema(code=code)), W, trusting_both, free_disk_bytes=10**12,
+    assert assess(T, dataclasses.replace(DB, public=PublicSchema(code=code)), W, trusting_both,
                   last_success=None, now=0.0).refusals == []
 
 
@@ -124,7 +127,7 @@ def test_a_database_whose_public_schema_a_role_not_trusted_may_write_is_refused(
     a = _assess(db=db)
     assert a.refusals == ["public_writable"] and a.details == {"public_writers": ["app_owner", "mallory"]}
     trusting = dataclasses.replace(CFG, trusted_owners=["app_owner", "mallory"])
-    assert assess(T, db, W, trusting, free_disk_bytes=10**12, last_success=None, now=0.0).refusals == []
+    assert assess(T, db, W, trusting, last_success=None, now=0.0).refusals == []
 
 
 def test_table_facts_without_an_owner_fail_closed() -> None:
@@ -145,8 +148,20 @@ def test_database_refusals_are_named(db: DatabaseFacts, reason: str) -> None:
 
 
 def test_not_enough_free_disk_is_refused() -> None:
-    assert _assess(free=int(2.1 * T.total_bytes)).refusals == ["insufficient_disk"]
+    a = _assess(free=int(2.1 * T.total_bytes))
+    assert a.refusals == ["insufficient_disk"]
+    assert a.details == {"disk_path": "/data", "disk_free_bytes": int(2.1 * T.total_bytes),
+                         "disk_needed_bytes": int(2.2 * T.total_bytes)}
     assert _assess(free=int(2.3 * T.total_bytes)).refusals == []
+
+
+def test_a_tablespace_short_of_space_is_refused_by_its_path_though_the_data_directory_has_room() -> None:
+    # the measure of the run's disk guard before a start: the copy where the table lives, WAL in pg_wal
+    t = dataclasses.replace(T, volumes=(Volume("/data", 10**12, 0, True), Volume("/spc", T.total_bytes, T.total_bytes, False)))
+    a = assess(t, DB, W, CFG, last_success=None, now=1_000_000.0)
+    assert a.refusals == ["insufficient_disk"] and a.details["disk_path"] == "/spc"
+    roomy = dataclasses.replace(t, volumes=(t.volumes[0], Volume("/spc", int(1.2 * T.total_bytes), T.total_bytes, False)))
+    assert assess(roomy, DB, W, CFG, last_success=None, now=1_000_000.0).refusals == []
 
 
 def test_repacked_recently_is_refused_until_the_interval_has_passed() -> None:
@@ -163,7 +178,7 @@ def test_most_reclaimable_bytes_first() -> None:
 def test_a_table_the_rest_of_the_window_cannot_hold_is_refused() -> None:
     # 120 MiB at this node's 2 MiB/s is 60 s, x 1.5 margin = 90 s
     def refusals(seconds_left: float, throughput: float | None = 2 * MiB) -> list[str]:
-        return assess(T, DB, W, CFG, free_disk_bytes=10**12, last_success=None, now=1_000_000.0,
+        return assess(T, DB, W, CFG, last_success=None, now=1_000_000.0,
                       throughput=throughput, seconds_left=seconds_left).refusals
 
     assert refusals(89) == ["window_too_short"]

@@ -16,7 +16,7 @@ from agent.core.state import NodeState, reduce
 from agent.repack.guards import Sample, Trip, Volume, evaluate, sample_trips, state_trips, volumes
 from agent.repack.metrics import Guard
 
-CFG = RepackConfig(max_replication_lag_bytes=1000, max_lock_waiters=1, max_transaction_age=Duration(60),
+CFG = RepackConfig(enabled=True, max_replication_lag_bytes=1000, max_lock_waiters=1, max_transaction_age=Duration(60),
                    min_free_disk_ratio=2.2, max_archive_ready_files=10)
 BIG = (Volume("/data", 10**12, 10, True),)
 OK = Sample(replication_lag_bytes=0, lock_waiters=0, oldest_xact_age_seconds=1.0, archive_ready_files=0,
@@ -37,7 +37,8 @@ def _guards(trips: list[Trip]) -> list[Guard]:
 
 
 def test_a_confirmed_primary_with_healthy_figures_may_run() -> None:
-    assert evaluate(CFG, _state(), OK, table_bytes=10**6, window_end=200.0, now=100.0, running=True) == []
+    assert evaluate(CFG, _state(), OK, table_bytes=10**6, window_end=200.0, now=100.0, running=True,
+                    lock_held=True) == []
 
 
 def test_a_replica_may_not_run() -> None:
@@ -96,12 +97,12 @@ def test_free_disk_needs_the_full_ratio_before_start_but_only_headroom_while_run
 
 
 def test_window_end_trips() -> None:
-    trips = evaluate(CFG, _state(), OK, table_bytes=1, window_end=100.0, now=100.0, running=True)
+    trips = evaluate(CFG, _state(), OK, table_bytes=1, window_end=100.0, now=100.0, running=True, lock_held=True)
     assert _guards(trips) == [Guard.WINDOW_END]
 
 
 def test_unreadable_figures_stop_the_run() -> None:
-    trips = evaluate(CFG, _state(), None, table_bytes=1, window_end=200.0, now=100.0, running=True)
+    trips = evaluate(CFG, _state(), None, table_bytes=1, window_end=200.0, now=100.0, running=True, lock_held=True)
     assert _guards(trips) == [Guard.GUARD_SAMPLE]
 
 
@@ -130,3 +131,9 @@ def test_volumes_group_paths_by_file_system_and_mark_pg_wal(tmp_path: Path) -> N
     vols = volumes(str(tmp_path), [("", 700), (str(tmp_path / "pg_wal"), 300)])
     assert len(vols) == 1
     assert vols[0].table_bytes == 1000 and vols[0].wal and vols[0].free_bytes > 0
+
+
+def test_repack_disabled_by_a_reload_is_a_trip_for_every_caller() -> None:
+    off = RepackConfig(enabled=False)
+    trips = evaluate(off, _state(), OK, table_bytes=1, window_end=200.0, now=100.0, running=False, lock_held=True)
+    assert _guards(trips) == [Guard.DISABLED]
