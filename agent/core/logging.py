@@ -9,6 +9,8 @@ from typing import Any
 
 import structlog
 
+from agent.core.logthrottle import Throttle, route_stdlib
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -18,6 +20,7 @@ def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        Throttle(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if console:
@@ -30,3 +33,4 @@ def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+    route_stdlib()
