@@ -6,6 +6,7 @@ import anyio
 
 from agent.archive import component as archive
 from agent.cluster import component as cluster
+from agent.core import conns
 from agent.core import logging as logmod
 from agent.core.config import Config
 from agent.core.context import Context
@@ -23,6 +24,7 @@ def components(ctx: Context) -> list[Component]:
 
 def run(cfg: Config) -> int:
     logmod.setup(cfg.logging.level, cfg.logging.format)
+    conns.raise_nofile()
     ctx = Context.create(cfg)
     sup = Supervisor(ctx, components(ctx), Notifier())
     return anyio.run(sup.run, backend="asyncio")

@@ -9,6 +9,7 @@ restarted with exponential backoff; only a signal or a bad config ends the proce
 
 from __future__ import annotations
 
+import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -94,8 +95,12 @@ class Supervisor:
         sock = http.bind(cfg.http.listen)
         api = http.Api(self.ctx.registry, self.health_view, self.status_view, cfg.http.basic_auth_users,
                        self.ctx.cached_metrics)
+        self.ctx.status_sections["http"] = lambda: {
+            "connections": sock.gate.stats(),
+            "auth": {"hashed": api.auth.hashed, "throttled": api.auth.throttled} if api.auth else None}
         log.info("agent_starting", version=__version__, config=cfg.source, node=cfg.node.name,
-                 listen=cfg.http.listen)
+                 listen=cfg.http.listen, nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                 http_max_connections=sock.gate.cap)
         async with anyio.create_task_group() as root:
             self._root = root.cancel_scope
             root.start_soon(self._signals, root.cancel_scope)
