@@ -7,6 +7,7 @@ import resource
 import socket
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from agent.core import conns, http
@@ -46,7 +47,7 @@ async def test_idle_holders_beyond_the_cap_are_evicted_and_health_still_answers(
             for _ in range(400):
                 c = socket.create_connection(("127.0.0.1", port))
                 holders.append(c)
-                await anyio.sleep(0)  # let the loop accept as we go, like a real flood
+                await anyio.lowlevel.checkpoint()  # let the loop accept as we go, like a real flood
             while gate.accepted + gate.refused < 400:
                 await anyio.sleep(0.01)
             assert len(gate.open) <= gate.cap + conns.SLACK
