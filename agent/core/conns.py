@@ -69,15 +69,17 @@ class Gate:
         return True
 
     def _evict_quietest(self) -> None:
-        for key, victim in self.open.items():
-            if key in self.evicted:
-                continue
-            self.evicted.add(key)
-            self.evictions += 1
-            victim.evicted = True
-            with contextlib.suppress(OSError):  # wakes its transport, whose next read fails (Conn.recv)
-                victim.shutdown(socket.SHUT_RDWR)
+        """The quietest connection not in the middle of a request; failing that, the quietest."""
+        victim = next((c for k, c in self.open.items() if k not in self.evicted and not c.busy), None)
+        if victim is None:
+            victim = next((c for k, c in self.open.items() if k not in self.evicted), None)
+        if victim is None:
             return
+        self.evicted.add(id(victim))
+        self.evictions += 1
+        victim.evicted = True
+        with contextlib.suppress(OSError):  # wakes its transport, whose next read fails (Conn.recv)
+            victim.shutdown(socket.SHUT_RDWR)
 
     def touch(self, conn: Conn) -> None:
         key = id(conn)
@@ -99,11 +101,14 @@ class Conn(socket.socket):
 
     gate: Gate
     evicted = False
+    busy = False  # bytes came in and no answer went out yet: a request in flight (or a partial
+    # one, which Hypercorn's keep-alive timeout ends)
 
     def recv(self, *args: Any) -> bytes:
         if self.evicted:  # a read error makes asyncio close the transport and this socket at once;
             raise ConnectionResetError("evicted")  # a plain EOF would wait out Hypercorn's keep-alive
         data = super().recv(*args)
+        self.busy = self.busy or bool(data)
         self.gate.touch(self)
         return data
 
@@ -111,11 +116,13 @@ class Conn(socket.socket):
         if self.evicted:
             raise ConnectionResetError("evicted")
         n = super().recv_into(*args)
+        self.busy = self.busy or n > 0
         self.gate.touch(self)
         return n
 
     def send(self, *args: Any) -> int:
         n = super().send(*args)
+        self.busy = False
         self.gate.touch(self)
         return n
 

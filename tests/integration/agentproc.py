@@ -70,7 +70,7 @@ class AgentProc:
             env=self.env,
             stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
-            preexec_fn=self._limits if self.nofile else None,  # noqa: PLW1509
+            preexec_fn=self._limits if self.nofile else None,
         )
         if wait:
             wait_until(lambda: self.get("/health")[0] in (200, 503), 20, "agent /health", detail=self.tail)

@@ -96,3 +96,32 @@ def test_soft_nofile_is_raised_to_the_hard_limit() -> None:
 def test_the_cap_leaves_half_the_descriptors_to_the_rest() -> None:
     assert conns.connection_cap(1024) + conns.SLACK <= 512
     assert conns.connection_cap(1 << 20) == conns.MAX_CONNECTIONS
+
+
+async def test_a_request_in_flight_outlives_a_burst_of_idle_holders() -> None:
+    import base64
+
+    import bcrypt
+
+    sock = http.bind("127.0.0.1:0", nofile=300)
+    port = sock.getsockname()[1]
+    a, _ = api({"ops": bcrypt.hashpw(b"pw", bcrypt.gensalt(12)).decode()})  # a slow check: in flight a while
+    holders: list[socket.socket] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(http.serve, a, sock)
+        try:
+            async with await anyio.connect_tcp("127.0.0.1", port) as s:
+                auth = base64.b64encode(b"ops:pw").decode()
+                await s.send(f"GET /health HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {auth}\r\n\r\n".encode())
+                while sock.gate.accepted < 1 or not any(c.busy for c in sock.gate.open.values()):
+                    await anyio.sleep(0.001)
+                for _ in range(300):  # many times the cap, while the bcrypt check runs
+                    holders.append(socket.create_connection(("127.0.0.1", port)))
+                    await anyio.sleep(0)
+                with anyio.fail_after(30):
+                    assert (await s.receive()).startswith(b"HTTP/1.1 200")
+            assert sock.gate.evictions > 0
+        finally:
+            for c in holders:
+                c.close()
+            tg.cancel_scope.cancel()
