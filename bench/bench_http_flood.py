@@ -39,15 +39,23 @@ USER, PASSWORD = "prom", "bench-secret"
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def health(url: str) -> float | None:
-    req = urllib.request.Request(url + "/health", headers={  # noqa: S310
+FAILURES: list[str] = []
+
+
+def get(url: str, path: str) -> bytes:
+    req = urllib.request.Request(url + path, headers={  # noqa: S310
         "Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()})
+    with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
+        return bytes(r.read())
+
+
+def health(url: str) -> float | None:
     t = time.monotonic()
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
-            r.read()
-            return time.monotonic() - t if r.status == 200 else None
-    except (urllib.error.URLError, OSError):
+        get(url, "/health")
+        return time.monotonic() - t
+    except (urllib.error.URLError, OSError) as e:
+        FAILURES.append(f"{round(time.monotonic() - t, 2)} s: {e!r}")
         return None
 
 
@@ -110,6 +118,7 @@ def main() -> int:
             if health(url) is not None:
                 break
             time.sleep(0.2)
+        FAILURES.clear()  # connects before the agent listened
         rows = [phase("idle", agent.pid, url, 5)]
         size0 = (run / "agent.log").stat().st_size
         with Flood(port, holders=args.holders, rate=args.rate, workers=100, user=USER) as flood:
@@ -120,6 +129,8 @@ def main() -> int:
                "flood": {"answers": dict(stats.answers), "errors": stats.errors, "opened": stats.opened,
                          "closed_by_agent": stats.closed_by_agent,
                          "answered_per_second": round(sum(stats.answers.values()) / args.seconds)},
+               "health_failures": FAILURES,
+               "agent_http": json.loads(get(url, "/status"))["http"],
                "log_growth_bytes": (run / "agent.log").stat().st_size - size0,
                "agent_alive": agent.poll() is None}
         print(json.dumps(out, indent=2))

@@ -23,7 +23,9 @@ import structlog
 log = structlog.get_logger("http")
 
 MAX_CONNECTIONS = 512
-SLACK = 128  # evictions still closing (asyncio accepts up to 100 per turn): beyond, new ones are dropped
+LISTEN_BACKLOG = 1024  # the kernel's queue of connections not yet accepted (no descriptor of ours)
+ACCEPT_BATCH = 32  # connections asyncio accepts per loop turn (it uses the listen backlog for it)
+SLACK = 128  # evictions still closing (a few turns' worth of batches): beyond, new ones are dropped
 
 
 def raise_nofile() -> int:
@@ -133,6 +135,13 @@ class Conn(socket.socket):
 
 class Listener(socket.socket):
     gate: Gate
+
+    def listen(self, backlog: int = LISTEN_BACKLOG) -> None:
+        """asyncio passes one number as the kernel queue and as how many it accepts per loop
+        turn (ACCEPT_BATCH): keep the turn small (few evictions at once) and the queue
+        deep, so a burst of connects waits in the kernel instead of SYNs being dropped (which
+        costs a new client such as /health a 1 s retransmit)."""
+        super().listen(max(backlog, LISTEN_BACKLOG))
 
     def accept(self) -> tuple[socket.socket, Any]:
         while True:

@@ -118,7 +118,7 @@ def bind(listen: str, nofile: int | None = None) -> conns.Listener:
     sock.gate = conns.Gate(conns.connection_cap(nofile or resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, int(port)))
-    sock.listen(128)
+    sock.listen()
     sock.setblocking(False)
     return sock
 
@@ -134,6 +134,7 @@ async def serve(app: Api, sock: socket.socket, certfile: str = "", keyfile: str 
     hc.accesslog = None
     hc.errorlog = None
     hc.graceful_timeout = 1.0
+    hc.backlog = conns.ACCEPT_BATCH  # asyncio accepts this many per loop turn (the kernel queue is deeper)
     hc.keep_alive_timeout = KEEP_ALIVE
     hc.read_timeout = READ_TIMEOUT
     hc.ssl_handshake_timeout = KEEP_ALIVE  # Hypercorn's 60 s would let a silent TLS client sit
