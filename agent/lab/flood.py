@@ -1,19 +1,25 @@
 """A hostile client for the agent's HTTP port, on loopback and bounded: it holds `holders`
 idle connections (re-opening those the agent closes, at most `reopen_rate` a second) and sends
 `rate` wrong-password requests a second over `workers` keep-alive connections. It runs in a
-thread with its own event loop, so a test or bench script drives the lab meanwhile.
+process of its own (`python -m agent.lab.flood`), so neither its load nor the GIL slows the test
+or bench script that drives the lab and probes the agent meanwhile; its figures come back as
+JSON on its stdout when it is stopped (SIGTERM).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
+import json
 import resource
-import threading
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -26,31 +32,29 @@ class FloodStats:
 
 
 class Flood:
-    def __init__(self, port: int, *, holders: int = 5000, rate: float = 1000.0, workers: int = 25,
+    """The driver's side: starts the flood process, stops it and reads its figures."""
+
+    def __init__(self, port: int, *, holders: int = 5000, rate: float = 1000.0, workers: int = 100,
                  reopen_rate: float = 200.0, user: str = "prom", password: str = "wrong") -> None:  # noqa: S107
-        self.port = port
-        self.holders = holders
-        self.rate = rate
-        self.workers = workers
-        self.reopen_rate = reopen_rate
-        self.auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.argv = [sys.executable, "-m", "agent.lab.flood", "--port", str(port), "--holders", str(holders),
+                     "--rate", str(rate), "--workers", str(workers), "--reopen-rate", str(reopen_rate),
+                     "--user", user, "--password", password]
         self.stats = FloodStats()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._p: subprocess.Popen[str] | None = None
 
     def start(self) -> Flood:
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        need = self.holders + self.workers + 256
-        if soft < need:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="flood", daemon=True)
-        self._thread.start()
+        self._p = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
         return self
 
     def stop(self) -> FloodStats:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(30)
+        if self._p is not None and self._p.poll() is None:
+            self._p.send_signal(signal.SIGTERM)
+            out, _ = self._p.communicate(timeout=60)
+            if not out.strip():
+                raise RuntimeError(f"the flood process ended with {self._p.returncode} and no figures")
+            got = json.loads(out.strip().splitlines()[-1])
+            got["answers"] = Counter({int(k): v for k, v in got["answers"].items()})
+            self.stats = FloodStats(**got)
         return self.stats
 
     def __enter__(self) -> Flood:
@@ -59,10 +63,28 @@ class Flood:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    async def _main(self) -> None:
+
+class _Flooder:
+    def __init__(self, port: int, *, holders: int, rate: float, workers: int, reopen_rate: float,
+                 user: str, password: str) -> None:
+        self.port = port
+        self.holders = holders
+        self.rate = rate
+        self.workers = workers
+        self.reopen_rate = reopen_rate
+        self.auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.stats = FloodStats()
+
+    async def run(self) -> None:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        need = self.holders + self.workers + 256
+        if soft < need:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         tasks = [asyncio.create_task(self._hold())]
         tasks += [asyncio.create_task(self._worker()) for _ in range(self.workers)]
-        await asyncio.to_thread(self._stop.wait)
+        await stop.wait()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -130,3 +152,19 @@ class Flood:
                     with contextlib.suppress(Exception):
                         conn[1].close()
                 conn = None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    for name, typ in (("port", int), ("holders", int), ("rate", float), ("workers", int),
+                      ("reopen-rate", float), ("user", str), ("password", str)):
+        ap.add_argument(f"--{name}", type=typ, required=True)
+    a = ap.parse_args()
+    f = _Flooder(a.port, holders=a.holders, rate=a.rate, workers=a.workers, reopen_rate=a.reopen_rate,
+                 user=a.user, password=a.password)
+    asyncio.run(f.run())
+    print(json.dumps({**asdict(f.stats), "answers": dict(f.stats.answers)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
