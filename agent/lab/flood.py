@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -49,7 +50,11 @@ class Flood:
     def stop(self) -> FloodStats:
         if self._p is not None and self._p.poll() is None:
             self._p.send_signal(signal.SIGTERM)
-            out, _ = self._p.communicate(timeout=60)
+            try:
+                out, _ = self._p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._p.kill()
+                out, _ = self._p.communicate()
             if not out.strip():
                 raise RuntimeError(f"the flood process ended with {self._p.returncode} and no figures")
             got = json.loads(out.strip().splitlines()[-1])
@@ -74,6 +79,7 @@ class _Flooder:
         self.reopen_rate = reopen_rate
         self.auth = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.stats = FloodStats()
+        self.stopping = False  # loops check it too: wait_for on 3.11 can swallow a cancellation
 
     async def run(self) -> None:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -82,12 +88,16 @@ class _Flooder:
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        parent = os.getppid()
         tasks = [asyncio.create_task(self._hold())]
         tasks += [asyncio.create_task(self._worker()) for _ in range(self.workers)]
-        await stop.wait()
+        while not stop.is_set() and os.getppid() == parent:  # the driver died: stop too
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        self.stopping = True
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.wait(tasks, timeout=10)
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
         try:
@@ -103,7 +113,7 @@ class _Flooder:
             for i in range(0, self.holders, 100):  # open them all, 100 handshakes at a time
                 got = await asyncio.gather(*(self._open() for _ in range(min(100, self.holders - i))))
                 held += [p for p in got if p is not None]
-            while True:
+            while not self.stopping:
                 self.stats.held_max = max(self.stats.held_max, len(held))
                 alive = []
                 for r, w in held:
@@ -129,7 +139,7 @@ class _Flooder:
         period = self.workers / self.rate
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         next_at = time.monotonic()
-        while True:
+        while not self.stopping:
             next_at += period
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             try:
