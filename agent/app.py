@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import anyio
 
 from agent.archive import component as archive
@@ -27,4 +29,8 @@ def run(cfg: Config) -> int:
     conns.raise_nofile()
     ctx = Context.create(cfg)
     sup = Supervisor(ctx, components(ctx), Notifier())
+    # What start-up loaded (modules, config, a restored sampler state) lives as long as the
+    # process: out of the collector's sight, a full collection, which holds the GIL and so the
+    # event loop, scans only what the jobs made since (32 -> ~10 ms at 10k statements, bench/).
+    gc.freeze()
     return anyio.run(sup.run, backend="asyncio")

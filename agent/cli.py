@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--cluster", action="store_true",
                     help="ask every member's agent, found through the local Patroni's member list; exit 1 on a problem")
     st.add_argument("--auth-file", type=Path, help="file with user:password for agents with http.basic_auth_users")
+    st.add_argument("--auth-host", action="append", default=[], metavar="HOST",
+                    help="with --cluster: also send the credentials (https only) to an agent at HOST although it "
+                         "is not the member's own address in Patroni's member list (repeatable)")
     sub.add_parser("version", help="print the version")
     demo = sub.add_parser("demo", help="start a local demo cluster (etcd, 3 Patroni nodes, an agent each)")
     demo.add_argument("--nodes", type=int, default=3)
@@ -76,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "status":
             from agent.status import main as status_main
 
-            return status_main(cfg, args.url, args.json, args.cluster, args.auth_file, err=_stderr)
+            return status_main(cfg, args.url, args.json, args.cluster, args.auth_file, err=_stderr,
+                               auth_hosts=args.auth_host)
         if args.cmd == "repack":
             from agent.repack.plan import main as plan_main
 

@@ -8,8 +8,9 @@ command can stand in a check script."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ import httpx
 
 from agent.cluster.etcd import Etcd, EtcdUnavailable
 from agent.cluster.keys import Keys, member_as_in_cluster_api, parse_pause
-from agent.core.config import Config
+from agent.core.config import Config, Secret
 
 AGENT_TAG = "pg_node_agent"
 TIMEOUT = 3.0
@@ -51,21 +52,47 @@ def agent_url(member: Body, fallback: str) -> str:
     return f"{own.scheme}://{host}:{own.port or 9188}"
 
 
-Auth = tuple[str, str] | None
+Auth = tuple[str, Secret] | None
 
 
-def read_auth(path: Path) -> tuple[str, str]:
+def read_auth(path: Path) -> tuple[str, Secret]:
     """`user:password` on the first line of a file (the agents' basic auth), never on the command line."""
     lines = path.read_text().splitlines()
     user, sep, password = (lines[0] if lines else "").partition(":")
     if not sep or not user:
         raise ValueError(f"{path}: expected user:password on the first line")
-    return user, password
+    return user, Secret(password)
+
+
+def _host(h: str) -> str:
+    h = h.strip().strip("[]").lower()
+    try:
+        return str(ipaddress.ip_address(h))
+    except ValueError:
+        return h.rstrip(".")
+
+
+def credential_refusal(url: str, member: Body, allow_hosts: Collection[str] = ()) -> str | None:
+    """Why the operator's password must not go to `url`, or None. The URL is a Patroni tag that
+    whoever writes one node's patroni.yml, or etcd, chooses: credentials go over https only, and
+    only to the member's own address (its host or REST API host in Patroni's member list) or to a
+    host the operator named (--auth-host)."""
+    u = urlsplit(url)
+    if u.scheme != "https":
+        return f"credentials not sent to {url}: https only"
+    host = _host(u.hostname or "")
+    own = {_host(str(member.get("host") or "")), _host(urlsplit(str(member.get("api_url") or "")).hostname or "")}
+    own.discard("")
+    if host in own or host in {_host(h) for h in allow_hosts}:
+        return None
+    return (f"credentials not sent to {url}: {u.hostname} is not the member's address "
+            f"({', '.join(sorted(own)) or 'none known'}); name it with --auth-host if it is the agent's")
 
 
 async def _get(client: httpx.AsyncClient, url: str, auth: Auth = None) -> tuple[Body | None, str]:
     try:
-        r = await client.get(url, timeout=TIMEOUT, auth=auth or httpx.USE_CLIENT_DEFAULT)
+        r = await client.get(url, timeout=TIMEOUT,
+                             auth=(auth[0], auth[1].reveal()) if auth else httpx.USE_CLIENT_DEFAULT)
         if r.status_code == 401:
             return None, "401 Unauthorized: " + ("wrong user or password in --auth-file" if auth
                                                  else "basic auth is on, give --auth-file")
@@ -95,9 +122,11 @@ async def members_from_etcd(cfg: Config) -> Body:
         for kv in kvs if kv.key.startswith(keys.members)]}
 
 
-async def fetch_cluster(patroni_url: str, fallback: str, auth: Auth = None, cfg: Config | None = None) -> Body:
+async def fetch_cluster(patroni_url: str, fallback: str, auth: Auth = None, cfg: Config | None = None,
+                        auth_hosts: Collection[str] = ()) -> Body:
     """Patroni's /cluster (or, with `cfg`, its member keys in etcd when the local Patroni does not
-    answer), and each member's agent /status fetched concurrently."""
+    answer), and each member's agent /status fetched concurrently (with `auth` only where
+    `credential_refusal` allows it)."""
     notes: list[str] = []
     async with httpx.AsyncClient() as client:
         topo, err = await _get(client, f"{patroni_url.rstrip('/')}/cluster")
@@ -115,8 +144,11 @@ async def fetch_cluster(patroni_url: str, fallback: str, auth: Auth = None, cfg:
 
         async def ask(m: Body) -> None:
             url = agent_url(m, fallback)
-            body, error = await _get(client, f"{url.rstrip('/')}/status", auth)
-            rows.append({"member": m, "agent_url": url, "agent": body, "error": error})
+            refused = credential_refusal(url, m, auth_hosts) if auth else None
+            body, error = await _get(client, f"{url.rstrip('/')}/status", None if refused else auth)
+            if refused and error.startswith("401"):
+                error = "401 Unauthorized: credentials withheld"
+            rows.append({"member": m, "agent_url": url, "agent": body, "error": error, "auth_refused": refused})
 
         async with anyio.create_task_group() as tg:
             for m in members:
@@ -143,6 +175,8 @@ def problems(view: Body) -> list[str]:
     for r in rows:
         name = r["member"].get("name")
         a = r["agent"]
+        if r.get("auth_refused"):
+            out.append(f"{name}: {r['auth_refused']}")
         if a is None:
             out.append(f"{name}: agent not reachable at {r['agent_url']} ({r['error']})")
             continue
@@ -223,6 +257,14 @@ def _archive(a: Body) -> str:
     return f"ok, {x.get('ready_files', 0)} .ready"
 
 
+def _lost(lost: Any) -> str:
+    """`{"expired": 2, "reset": 1}` -> "3 (expired 2, reset 1)"; 0 when none."""
+    parts = {k: v for k, v in lost.items() if v} if isinstance(lost, dict) else {}
+    if not parts:
+        return "0"
+    return f"{sum(parts.values())} (" + ", ".join(f"{k} {v}" for k, v in sorted(parts.items())) + ")"
+
+
 def render_node(a: Body) -> str:
     s = _d(a.get("state"))
     lines = [
@@ -239,7 +281,7 @@ def render_node(a: Body) -> str:
     smp = a.get("sampler")
     lines.append(f"  sampler   {_sampler(a)}"
                  + ((f" ({smp['unavailable']})" if smp.get("unavailable") else
-                     f", watermark {smp.get('watermark')}, missed buckets {smp.get('buckets_missed')}")
+                     f", watermark {smp.get('watermark')}, lost buckets {_lost(smp.get('buckets_lost'))}")
                     if isinstance(smp, dict) else ""))
     rp = _d(a.get("repack"))
     waiting = ", ".join(map(str, rp.get("waiting_for") or [])) or "-"
@@ -293,14 +335,15 @@ def render_cluster(view: Body) -> str:
 
 
 def main(cfg: Config, url: str | None, raw: bool, cluster: bool, auth_file: Path | None = None,
-         echo: Callable[[str], None] = print, err: Callable[[str], None] = print) -> int:
+         echo: Callable[[str], None] = print, err: Callable[[str], None] = print,
+         auth_hosts: Collection[str] = ()) -> int:
     try:
         auth = read_auth(auth_file) if auth_file else None
     except (OSError, ValueError) as e:
         err(f"pg-node-agent: --auth-file: {e}")
         return 2
     if cluster:
-        view = anyio.run(fetch_cluster, cfg.patroni.url, url or own_url(cfg), auth, cfg)
+        view = anyio.run(fetch_cluster, cfg.patroni.url, url or own_url(cfg), auth, cfg, auth_hosts)
         echo(json.dumps(view, indent=2, sort_keys=True) if raw else render_cluster(view))
         return 1 if view.get("error") or view.get("problems") else 0
     base = url or own_url(cfg)

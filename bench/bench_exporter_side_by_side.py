@@ -1,6 +1,6 @@
 """pg-node-agent vs postgres_exporter 0.11.1 on the same PostgreSQL 15, in one run.
 
-One throwaway PostgreSQL 15 (agent.lab.PgInstance, pg_stat_statements preloaded, its `max`
+One throwaway PostgreSQL 15 (tests/integration/testlab/postgres.py, pg_stat_statements preloaded, its `max`
 raised above N) gets N distinct statements (distinct by shape: `SELECT c<a> FROM t WHERE c<b> = $1`
 over a 100-column table, so each has its own queryid). Then, one after the other:
 
@@ -12,15 +12,21 @@ over a 100-column table, so each has its own queryid). Then, one after the other
     socket, with `--extend.query-path` holding a PG15-correct pg_stat_statements section
     (every row exported, 19 series per row, like the anchors), scraped the same way.
 
-Prints p50/p99 scrape time, bytes, series, VmRSS/VmHWM of each process and the exporter/agent
-ratios. Every process is stopped by PID at the end, also on error.
+(c) the sampler component in this process's event loop for `--lag-minutes`, while another
+    process re-runs the N statements: the loop's stalls during sampler steps (a probe task, and
+    the CPU time of each loop callback) and the bytes written to the state file per minute.
 
-    .venv/bin/python bench/bench_exporter_side_by_side.py [--n 10000] [--scrapes 30]
+Prints p50/p99 scrape time, bytes, series, VmRSS/VmHWM of each process and the exporter/agent
+ratios, then (c). Every process is stopped by PID at the end, also on error.
+
+    .venv/bin/python bench/bench_exporter_side_by_side.py [--n 10000] [--scrapes 30] [--lag-minutes 5] [--lag-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import http.client
 import json
 import math
@@ -28,6 +34,7 @@ import os
 import shutil
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from psycopg import sql
 
 from agent.lab.ports import free_port
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import Proc, wait_until
 from agent.lab.rundir import new_run_dir, remove_run_dir
+from tests.integration.testlab.postgres import PgInstance
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORTER = Path("/usr/bin/prometheus-postgres-exporter")
@@ -206,7 +213,16 @@ def run_agent(run: Path, pg: PgInstance, n: int, scrapes: int, procs: list[Proc]
     st = wait_reads(port, after_fill + 2, 60, agent.log_path)  # a read that began after the fill
     ingested = proc_status(agent.pid)
     res = scrape("pg-node-agent", port, "/metrics", agent.pid, scrapes)
-    return res, {"status": st, "rss_primed": primed, "rss_ingested": ingested}
+    return res, {"status": st, "rss_primed": primed, "rss_ingested": ingested,
+                 "written": written_bytes(port), "state_size": (run / "agent-state" / "sampler.json").stat().st_size}
+
+
+def written_bytes(port: int) -> float:
+    _, body = http_get(port, "/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith("pgnode_sampler_state_written_bytes_total "):
+            return float(line.split()[1])
+    return float("nan")
 
 
 def run_exporter(run: Path, pg: PgInstance, scrapes: int, procs: list[Proc]) -> Result:
@@ -225,6 +241,132 @@ def run_exporter(run: Path, pg: PgInstance, scrapes: int, procs: list[Proc]) -> 
     return scrape("postgres_exporter 0.11.1", port, "/metrics", exp.pid, scrapes)
 
 
+@dataclass
+class LoopLag:
+    steps: int
+    step_max_ms: list[float]  # the longest loop stall seen during each sampler step
+    step_cpu_ms: list[float]  # the longest CPU time of one event-loop callback during each step
+    worst_callback: str
+    idle_max_ms: float  # the longest stall outside steps (the probe's own noise floor)
+    state_bytes: int
+    minutes: float
+
+
+async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path) -> LoopLag:
+    """The sampler's real component in this process's event loop, with a probe task that sleeps
+    1 ms at a time and records how late it wakes (the loop's stall), split by whether a sampler
+    step was running. A thread re-runs the N statements back to back, so every read has up to N
+    deltas (the worst case). Bytes written to the state file come from the sampler's counter."""
+    import anyio
+    from prometheus_client import CollectorRegistry
+
+    from agent.core import config as config_mod
+    from agent.core.context import Context
+    from agent.sampler.component import Sampler, components
+
+    cfg = config_mod.parse({
+        "node": {"name": "bench", "state_dir": str(state_dir)}, "etcd": {"scope": "bench"},
+        "postgres": {"host": str(pg.socket_dir), "port": pg.port, "user": "postgres", "dbname": "postgres"},
+        "sampler": {"source": "pg_stat_statements", "interval": f"{SAMPLER_INTERVAL:g}s"}})
+    ctx = Context.create(cfg, CollectorRegistry())
+    (comp,) = components(ctx)
+    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
+    in_step = False
+    primed = anyio.Event()
+    step_max: list[float] = []
+    idle_max = 0.0
+    real_step = sampler.step
+
+    # The probe's wall-clock lag includes waiting for a CPU on a busy box; the CPU time of each
+    # loop callback (thread_time around asyncio's Handle._run) is the agent's own share of it.
+    step_cpu: list[float] = []
+    worst: list[Any] = [0.0, ""]
+    real_run = asyncio.events.Handle._run
+
+    def timed_run(handle: asyncio.events.Handle) -> None:
+        t = time.thread_time()
+        real_run(handle)
+        dt = (time.thread_time() - t) * 1000
+        if in_step and step_cpu:
+            step_cpu[-1] = max(step_cpu[-1], dt)
+            if dt > worst[0]:
+                worst[:] = [dt, repr(handle)[:300]]
+
+    asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
+    loop_ident = threading.get_ident()
+    gc_loop: list[tuple[int, float]] = []  # (generation, ms) of collections run by the loop's thread
+    gc_t = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if threading.get_ident() != loop_ident:
+            return
+        if phase == "start":
+            gc_t[0] = time.thread_time()
+        elif in_step:
+            gc_loop.append((info["generation"], (time.thread_time() - gc_t[0]) * 1000))
+
+    gc.callbacks.append(on_gc)
+
+    async def timed_step(c: Context, conn: Any) -> float:
+        nonlocal in_step
+        in_step = True
+        step_max.append(0.0)
+        step_cpu.append(0.0)
+        try:
+            return await real_step(c, conn)
+        finally:
+            in_step = False
+            if sampler.health.reads >= 1:
+                primed.set()
+
+    sampler.step = timed_step  # type: ignore[method-assign,assignment]
+
+    async def probe() -> None:
+        nonlocal idle_max
+        while True:
+            t = time.perf_counter()
+            await anyio.sleep(0.001)
+            lag = (time.perf_counter() - t - 0.001) * 1000
+            if in_step:
+                step_max[-1] = max(step_max[-1], lag)
+            else:
+                idle_max = max(idle_max, lag)
+
+    ctx.liveness.register("sampler")
+    # the load runs in a process of its own: in a thread it would hold this process's GIL
+    load = Proc("load", [sys.executable, __file__, "--fill-forever", str(pg.socket_dir), str(pg.port), str(n)],
+                state_dir.parent / "load.log", env=dict(os.environ), cwd=ROOT)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(probe)
+        await tg.start(comp.run, ctx)  # type: ignore[arg-type]
+        await primed.wait()  # the priming read and its write are not the steady state
+        step_max.clear()
+        step_cpu.clear()
+        worst[:] = [0.0, ""]
+        idle_max = 0.0
+        b0, t0 = getattr(sampler.health, "state_bytes_written", -1), time.monotonic()
+        load.start(10)
+        try:
+            await anyio.sleep(minutes * 60)
+        finally:
+            load.stop()
+        b1, t1 = getattr(sampler.health, "state_bytes_written", -1), time.monotonic()
+        tg.cancel_scope.cancel()
+    asyncio.events.Handle._run = real_run  # type: ignore[method-assign]
+    gc.callbacks.remove(on_gc)
+    by_gen = {g: max((ms for gg, ms in gc_loop if gg == g), default=0.0) for g in (0, 1, 2)}
+    print(f"garbage collections in the loop's thread during steps: {len(gc_loop)}, longest (CPU) by generation "
+          + ", ".join(f"gen{g} {ms:.2f} ms" for g, ms in by_gen.items()))
+    return LoopLag(len(step_max), step_max, step_cpu, str(worst[1]), idle_max, b1 - b0, (t1 - t0) / 60)
+
+
+def run_loop_lag(run: Path, pg: PgInstance, n: int, minutes: float) -> LoopLag:
+    import anyio
+
+    gc.freeze()  # as agent.app.run does before its event loop starts
+    return anyio.run(_loop_lag, pg, n, minutes, run / "inproc-state")
+
+
 def table(rows: list[Result]) -> str:
     hdr = f"{'':26} {'p50 ms':>9} {'p99 ms':>9} {'max ms':>9} {'bytes':>11} {'series':>8} {'VmRSS MiB':>10} {'VmHWM MiB':>10}"
     out = [hdr]
@@ -234,15 +376,72 @@ def table(rows: list[Result]) -> str:
     return "\n".join(out)
 
 
+def fill_forever(socket_dir: str, port: int, n: int) -> None:
+    """The load of the loop-lag phase: the N statements again and again, until stopped."""
+    import psycopg
+
+    with psycopg.connect(host=socket_dir, port=port, user="postgres", dbname="postgres", autocommit=True) as c:
+        stmts = [sql.SQL("SELECT {} FROM bench_t WHERE {} = %s").format(
+            sql.Identifier(f"c{i % COLUMNS}"), sql.Identifier(f"c{i // COLUMNS}")) for i in range(n)]
+        while True:
+            with c.pipeline():
+                for i, q in enumerate(stmts):
+                    c.execute(q, (i,))
+
+
+def side_by_side(run: Path, pg: PgInstance, args: argparse.Namespace, procs: list[Proc]) -> bool:
+    """(a) the agent process, (b) postgres_exporter, on the same N entries; whether the agent met its targets."""
+    have_exporter = EXPORTER.exists() or shutil.which("prometheus-postgres-exporter") is not None
+    agent_res, extra = run_agent(run, pg, args.n, args.scrapes, procs)
+    st = extra["status"]
+    print(f"agent sampler: reads={st.get('reads')} series={st.get('series')} "
+          f"queryids_kept={st.get('queryids_kept')}; RSS after priming read "
+          f"{extra['rss_primed']['VmRSS']:.1f} MiB (HWM {extra['rss_primed']['VmHWM']:.1f}), "
+          f"after ingesting N deltas {extra['rss_ingested']['VmRSS']:.1f} MiB "
+          f"(HWM {extra['rss_ingested']['VmHWM']:.1f})")
+    print(f"agent process: state file {extra['state_size'] / 1000:.1f} KB, "
+          f"{extra['written'] / 1000:.1f} KB written in all (pgnode_sampler_state_written_bytes_total)")
+    procs[-1].stop()  # the agent is not running while the exporter is measured
+    with pg.connect() as c:
+        row = c.execute("SELECT count(*) FROM pg_stat_statements").fetchone()
+    assert row is not None
+    print(f"pg_stat_statements rows seen by the exporter: {row[0]}")
+    results = [agent_res]
+    if have_exporter:
+        results.append(run_exporter(run, pg, args.scrapes, procs))
+    else:
+        print(f"{EXPORTER} is not installed (apt-get install -y --no-install-recommends "
+              "prometheus-postgres-exporter): exporter side skipped")
+    print()
+    print(f"N={args.n}, {args.scrapes} scrapes each over one persistent HTTP connection")
+    print(table(results))
+    if len(results) == 2:
+        a, e = results
+        ratio: Callable[[float, float], str] = lambda x, y: f"{x / y:.0f}x" if y else "n/a"  # noqa: E731
+        print(f"exporter/agent: scrape p50 {ratio(e.p50_ms, a.p50_ms)}, p99 {ratio(e.p99_ms, a.p99_ms)}, "
+              f"bytes {ratio(e.bytes, a.bytes)}, series {ratio(e.series, a.series)}, "
+              f"VmRSS {e.rss_mib / a.rss_mib:.1f}x, VmHWM {e.hwm_mib / a.hwm_mib:.1f}x")
+    ok = agent_res.p99_ms <= 10 and agent_res.rss_mib * 1.048576 <= 80  # MiB -> MB
+    print(f"agent target (scrape <= 10 ms, RSS <= 80 MB): {'met' if ok else 'MISSED'} "
+          f"(p99 {agent_res.p99_ms:.2f} ms, VmRSS {agent_res.rss_mib * 1.048576:.1f} MB, "
+          f"peak VmHWM {agent_res.hwm_mib * 1.048576:.1f} MB)")
+    return ok
+
+
 def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "--fill-forever":
+        fill_forever(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10000, help="distinct statements (at most 10000)")
     ap.add_argument("--scrapes", type=int, default=30)
     ap.add_argument("--keep", action="store_true", help="keep the run directory")
+    ap.add_argument("--lag-minutes", type=float, default=5.0,
+                    help="minutes of the in-process loop-lag and write-rate phase (0: skip it)")
+    ap.add_argument("--lag-only", action="store_true", help="only the loop-lag phase")
     args = ap.parse_args()
     if not 1 <= args.n <= COLUMNS * COLUMNS:
         ap.error(f"--n must be within 1..{COLUMNS * COLUMNS}")
-    have_exporter = EXPORTER.exists() or shutil.which("prometheus-postgres-exporter") is not None
     pgss_max = max(5000, 2 * args.n + 1000)  # N plus the agent's/exporter's/setup's own, never evicted
     run = new_run_dir("pgna-bench-side-")
     pg = PgInstance(run, settings={"pg_stat_statements.max": pgss_max, "max_connections": 50})
@@ -264,37 +463,21 @@ def main() -> int:
         print(f"PostgreSQL 15 {pg.socket_dir} port {pg.port}: pg_stat_statements.max={got_max[0]}, "
               f"{row[0]} entries after filling N={args.n} in {time.perf_counter() - t:.1f}s, dealloc={row[1]}")
 
-        agent_res, extra = run_agent(run, pg, args.n, args.scrapes, procs)
-        st = extra["status"]
-        print(f"agent sampler: reads={st.get('reads')} series={st.get('series')} "
-              f"queryids_kept={st.get('queryids_kept')}; RSS after priming read "
-              f"{extra['rss_primed']['VmRSS']:.1f} MiB (HWM {extra['rss_primed']['VmHWM']:.1f}), "
-              f"after ingesting N deltas {extra['rss_ingested']['VmRSS']:.1f} MiB "
-              f"(HWM {extra['rss_ingested']['VmHWM']:.1f})")
-        procs[-1].stop()  # the agent is not running while the exporter is measured
-        with pg.connect() as c:
-            row = c.execute("SELECT count(*) FROM pg_stat_statements").fetchone()
-        assert row is not None
-        print(f"pg_stat_statements rows seen by the exporter: {row[0]}")
-        results = [agent_res]
-        if have_exporter:
-            results.append(run_exporter(run, pg, args.scrapes, procs))
-        else:
-            print(f"{EXPORTER} is not installed (apt-get install -y --no-install-recommends "
-                  "prometheus-postgres-exporter): exporter side skipped")
-        print()
-        print(f"N={args.n}, {args.scrapes} scrapes each over one persistent HTTP connection")
-        print(table(results))
-        if len(results) == 2:
-            a, e = results
-            ratio: Callable[[float, float], str] = lambda x, y: f"{x / y:.0f}x" if y else "n/a"  # noqa: E731
-            print(f"exporter/agent: scrape p50 {ratio(e.p50_ms, a.p50_ms)}, p99 {ratio(e.p99_ms, a.p99_ms)}, "
-                  f"bytes {ratio(e.bytes, a.bytes)}, series {ratio(e.series, a.series)}, "
-                  f"VmRSS {e.rss_mib / a.rss_mib:.1f}x, VmHWM {e.hwm_mib / a.hwm_mib:.1f}x")
-        ok = agent_res.p99_ms <= 10 and agent_res.rss_mib * 1.048576 <= 80  # MiB -> MB
-        print(f"agent target (scrape <= 10 ms, RSS <= 80 MB): {'met' if ok else 'MISSED'} "
-              f"(p99 {agent_res.p99_ms:.2f} ms, VmRSS {agent_res.rss_mib * 1.048576:.1f} MB, "
-              f"peak VmHWM {agent_res.hwm_mib * 1.048576:.1f} MB)")
+        ok = args.lag_only or side_by_side(run, pg, args, procs)
+        if args.lag_minutes > 0:
+            lag = run_loop_lag(run, pg, args.n, args.lag_minutes)
+            per_min = lag.state_bytes / 1000 / lag.minutes
+            worst = max(lag.step_max_ms, default=0.0)
+            print(f"\nin-process sampler, N={args.n} statements re-run back to back, {lag.minutes:.1f} min, "
+                  f"{lag.steps} steps: loop stall during a step p50 {statistics.median(lag.step_max_ms or [0]):.2f} ms, "
+                  f"p99 {percentile(lag.step_max_ms or [0], 99):.2f} ms, max {worst:.2f} ms "
+                  f"(outside steps max {lag.idle_max_ms:.2f} ms); longest loop callback (CPU) during a step "
+                  f"p50 {statistics.median(lag.step_cpu_ms or [0]):.2f} ms, p99 {percentile(lag.step_cpu_ms or [0], 99):.2f} ms, "
+                  f"max {max(lag.step_cpu_ms, default=0):.2f} ms; "
+                  f"state file {per_min:.1f} KB/min ({lag.state_bytes} bytes)\nlongest callback: {lag.worst_callback}")
+            lag_ok = max(lag.step_cpu_ms, default=0) <= 5 and per_min <= 100
+            print(f"sampler target (stall <= 5 ms, <= 100 KB/min): {'met' if lag_ok else 'MISSED'}")
+            ok = ok and lag_ok
     finally:
         for p in reversed(procs):
             p.stop()

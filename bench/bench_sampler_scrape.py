@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.core import config as config_mod
 from agent.core import http
 from agent.core.context import Context
-from agent.lab.postgres import PgInstance
 from agent.lab.rundir import new_run_dir, remove_run_dir
 from agent.sampler.component import Sampler, components
 from tests.integration.pgsm_standin import loader
+from tests.integration.testlab.postgres import PgInstance
 
 
 def rss_mb() -> float:
@@ -53,7 +53,7 @@ async def one(pg: PgInstance, n: int, state_dir: Path) -> None:
         c.execute("SET search_path = pgsm_standin, pg_catalog, public")
         with c.cursor().copy(
             "COPY pgsm_standin.entries (bucket, bucket_start_time, userid, username, dbid, datname, "
-            "queryid, pgsm_query_id, toplevel, query, application_name, cmd_type_text, elevel, "
+            "queryid, pgsm_query_id, toplevel, query, application_name, cmd_type, elevel, "
             "calls, total_exec_time, rows, resp_calls, wal_bytes, bucket_done) FROM STDIN"
         ) as cp:
             for q in range(n):
@@ -61,27 +61,8 @@ async def one(pg: PgInstance, n: int, state_dir: Path) -> None:
                     bins = ["0"] * 22
                     bins[0] = str(q % 9 + 1)
                     cp.write_row(
-                        (
-                            0,
-                            bucket,
-                            10 + u,
-                            f"user{u}",
-                            5,
-                            "appdb",
-                            q,
-                            q,
-                            True,
-                            f"SELECT {q}",
-                            "app",
-                            "SELECT",
-                            0,
-                            q % 9 + 1,
-                            float(q % 97),
-                            1,
-                            "{" + ",".join(bins) + "}",
-                            0,
-                            True,
-                        )
+                        (0, bucket, 10 + u, f"user{u}", 5, "appdb", q, q, True, f"SELECT {q}", "app", 1, 0,
+                         q % 9 + 1, float(q % 97), 1, ",".join(bins), 0, True)
                     )
     cfg = config_mod.parse(
         {

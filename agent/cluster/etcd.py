@@ -20,9 +20,13 @@ from urllib.parse import urlsplit
 import anyio
 import etcd3gw
 import httpx
+import structlog
 
+from agent.cluster.ipfilter import blocked_by_ip_filter
 from agent.cluster.keys import KeyValue
-from agent.core.config import read_secret
+from agent.core.config import Secret, read_secret
+
+log = structlog.get_logger("cluster_watch")
 
 
 class EtcdUnavailable(Exception):
@@ -74,12 +78,13 @@ class Etcd:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self._user = username
         self._password_file = password_file
-        self._tokens: dict[str, str] = {}  # endpoint -> auth token (etcd RBAC through the gateway)
+        self._tokens: dict[str, Secret] = {}  # endpoint -> auth token (etcd RBAC through the gateway)
         self.timeout = timeout
         self.watch_deadline = watch_deadline
         self._tls = (ca_file, cert_file, key_file)
         self._current = 0
         self._clients: dict[str, etcd3gw.Etcd3Client] = {}
+        self._filter_checked: set[str] = set()
 
     @property
     def endpoint(self) -> str:
@@ -112,11 +117,12 @@ class Etcd:
             return {}
         ep = self.endpoint
         if ep not in self._tokens:
-            r = await self._call(self.client(), "/auth/authenticate",
-                                 {"name": self._user, "password": str(read_secret(self._password_file))})
-            self._tokens[ep] = str(r["token"])
-            self.client().session.headers["Authorization"] = self._tokens[ep]
-        return {"Authorization": self._tokens[ep]}
+            pw = read_secret(self._password_file)
+            token = Secret(str((await self._call(self.client(), "/auth/authenticate",
+                                                 {"name": self._user, "password": pw.reveal()}))["token"]))
+            self._tokens[ep] = token
+            self.client().session.headers["Authorization"] = token.reveal()
+        return {"Authorization": self._tokens[ep].reveal()}
 
     def drop_token(self) -> None:
         self._tokens.pop(self.endpoint, None)
@@ -130,9 +136,19 @@ class Etcd:
                 return await self._call(self.client(), path, body)
             except (etcd3gw.exceptions.Etcd3Exception, TimeoutError, OSError, ValueError, KeyError) as e:
                 errors.append(f"{self.endpoint}: {type(e).__name__}")
+                await self._name_ip_filter(e)
                 self.drop_token()
                 self.rotate()
         raise EtcdUnavailable("; ".join(errors))
+
+    async def _name_ip_filter(self, e: BaseException) -> None:
+        """At an endpoint's first failure: if the unit's IPAddressDeny= explains it, say so."""
+        if self.endpoint in self._filter_checked:
+            return
+        self._filter_checked.add(self.endpoint)
+        if why := await blocked_by_ip_filter(self.endpoint, e):
+            log.warning("dcs_connect_blocked_by_ip_filter", endpoint=self.endpoint, **why,
+                        fix="allow the address with IPAddressAllow= in a drop-in (docs/installation.md)")
 
     async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
         """Linearizable range over a prefix: (header revision, key values)."""

@@ -51,19 +51,40 @@ class Duration(float):
         return cls(total)
 
 
-class Secret(str):
-    """A value read from a secret file; its repr never shows it."""
+class Secret:
+    """A password or token. Not a str: repr, str and format hide it, so a log line, a traceback or
+    a dict it sits in cannot show it; `reveal()` is called only where it is sent."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
 
     def __repr__(self) -> str:
         return "Secret('***')"
 
+    __str__ = __repr__
 
-def doc(text: str, default: Any = dataclasses.MISSING, **kw: Any) -> Any:
-    """A field with its meaning attached (rendered into docs/configuration.md)."""
+
+PathKind = Literal["", "file", "secret"]
+_PATH_DOC = {
+    "file": "A relative path is taken from the config file's directory.",
+    "secret": "A relative name is looked up in $CREDENTIALS_DIRECTORY when systemd hands credentials over "
+              "(LoadCredential=), else taken from the config file's directory.",
+}
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, *, path: PathKind = "", **kw: Any) -> Any:
+    """A field with its meaning attached (rendered into docs/configuration.md). `path` marks a
+    file name that `load` anchors to the config file's directory."""
+    meta = {"doc": f"{text} {_PATH_DOC[path]}" if path else text, "path": path}
     if isinstance(default, list | dict):
         value = default
-        return field(default_factory=lambda: type(value)(value), metadata={"doc": text}, **kw)
-    return field(default=default, metadata={"doc": text}, **kw)
+        return field(default_factory=lambda: type(value)(value), metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -76,6 +97,7 @@ class NodeConfig:
         "Directory for persistent state (sampler watermark and counters). "
         "Default: $STATE_DIRECTORY (systemd StateDirectory=) or /var/lib/pg-node-agent.",
         "",
+        path="file",
     )
 
 
@@ -99,10 +121,10 @@ class EtcdConfig:
         "A watch stream silent this long is dead (etcd sends progress notifications).", Duration(5)
     )
     username: str = doc("etcd user (RBAC); empty for none.", "")
-    password_file: str = doc("File holding the etcd password (mode 0600/0640).", "")
-    ca_file: str = doc("CA bundle for https endpoints.", "")
-    cert_file: str = doc("Client certificate for https endpoints.", "")
-    key_file: str = doc("Client key for https endpoints.", "")
+    password_file: str = doc("File holding the etcd password (mode 0600/0640).", "", path="secret")
+    ca_file: str = doc("CA bundle for https endpoints.", "", path="file")
+    cert_file: str = doc("Client certificate for https endpoints.", "", path="file")
+    key_file: str = doc("Client key for https endpoints.", "", path="file")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,7 +133,7 @@ class PostgresConfig:
     port: int = doc("PostgreSQL port.", 5432)
     user: str = doc("Database role the agent connects as.", "postgres")
     dbname: str = doc("Database the agent connects to.", "postgres")
-    password_file: str = doc("File holding the password (or use peer auth / a pgpass file).", "")
+    password_file: str = doc("File holding the password (or use peer auth / a pgpass file).", "", path="secret")
     connect_timeout: Duration = doc("Connection timeout.", Duration(3))
     statement_timeout: Duration = doc("statement_timeout of the agent's sessions.", Duration(5))
     lock_timeout: Duration = doc("lock_timeout of the agent's sessions.", Duration(1))
@@ -121,8 +143,8 @@ class PostgresConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HttpConfig:
     listen: str = doc("host:port of the /metrics, /health, /status server.", "127.0.0.1:9188")
-    tls_cert_file: str = doc("PEM certificate; with tls_key_file enables HTTPS.", "")
-    tls_key_file: str = doc("PEM private key.", "")
+    tls_cert_file: str = doc("PEM certificate; with tls_key_file enables HTTPS.", "", path="file")
+    tls_key_file: str = doc("PEM private key.", "", path="file")
     basic_auth_users: dict[str, str] = doc(
         'Basic auth: user -> bcrypt hash ("$2b$...") or "sha256:<hex>". Empty disables auth.', {}
     )
@@ -135,7 +157,10 @@ class WatchdogConfig:
         Duration(30),
     )
     device: str = doc(
-        "Optional Linux watchdog device of the agent's own (never Patroni's /dev/watchdog). Empty: none.",
+        "Optional Linux watchdog device of the agent's own (never Patroni's /dev/watchdog). Empty: none. "
+        "The shipped unit hides devices: it needs a drop-in (docs/installation.md). A stop that is not "
+        "clean (kill -9, OOM, systemd's watchdog) leaves it armed: the machine resets after "
+        "device_timeout unless the agent is running again by then.",
         "",
     )
     device_timeout: Duration = doc("Timeout set on the device.", Duration(30))
@@ -180,7 +205,12 @@ class RepackConfig:
     enabled: bool = doc("Run pg_repack in the configured windows.", False)
     binary: str = doc("pg_repack binary (resolved on PATH when not absolute).", "pg_repack")
     wait_timeout: Duration = doc("pg_repack --wait-timeout (never kills a backend).", Duration(10))
-    max_replication_lag_bytes: int = doc("Guard: stop when a replica lags more.", 256 * 1024**2)
+    max_replication_lag_bytes: int = doc(
+        "Guard: stop when a physical standby's replay lags more (WAL receivers without a replay "
+        "position, such as pg_receivewal or Barman, do not count).", 256 * 1024**2)
+    lag_excluded_standbys: list[str] = doc(
+        "application_name (Patroni: member name) of standbys the replication-lag guard ignores, "
+        "e.g. delayed standbys (recovery_min_apply_delay).", [])
     max_lock_waiters: int = doc("Guard: stop when this many sessions wait behind the table.", 1)
     max_transaction_age: Duration = doc("Guard: stop when a transaction is older.", Duration(3600))
     min_free_disk_ratio: float = doc("Guard: free disk must exceed this multiple of table+indexes.", 2.2)
@@ -191,6 +221,15 @@ class RepackConfig:
         "their ACCESS EXCLUSIVE requests can stall readers. Keep it above 1s: pg_repack 1.4.8 retries its "
         "own lock attempts only on their 1s statement_timeout.", Duration(1.2))
     cleanup_timeout: Duration = doc("Deadline for stopping pg_repack and dropping its leftovers.", Duration(10))
+    measure_timeout: Duration = doc(
+        "statement_timeout of one pgstattuple_approx bloat measurement (run on the few tables that rank "
+        "highest by the statistics estimate); a table that takes longer keeps its statistics estimate.",
+        Duration(5))
+    trusted_owners: list[str] = doc(
+        "Roles whose tables may be repacked, besides superusers and the role the agent connects as. "
+        "pg_repack rebuilds a table's indexes as a superuser: whoever can act as the owner could have "
+        "that superuser run their code, so list only roles whose every member you trust as a superuser "
+        "(docs/troubleshooting.md, untrusted_owner).", [])
     windows: list[RepackWindow] = doc("Repack windows.", [])
 
 
@@ -202,7 +241,7 @@ class ArchiveConfig:
     max_ready_files: int = doc("Unhealthy when more .ready files wait.", 100)
     pgbackrest_stanza: str = doc("pgBackRest stanza; empty disables the pgBackRest checks.", "")
     pgbackrest_binary: str = doc("pgbackrest binary.", "pgbackrest")
-    pgbackrest_config: str = doc("pgbackrest --config file; empty for its default.", "")
+    pgbackrest_config: str = doc("pgbackrest --config file; empty for its default.", "", path="file")
     pgbackrest_info_interval: Duration = doc("How often `pgbackrest info` runs.", Duration(300))
     pgbackrest_check_interval: Duration = doc("How often `pgbackrest check` runs (leader only).", Duration(3600))
     pgbackrest_timeout: Duration = doc("Timeout of one pgbackrest run.", Duration(120))
@@ -256,9 +295,26 @@ def load(path: str | os.PathLike[str]) -> Config:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("", f"{p}: not valid TOML: {e}") from None
     cfg = parse(data)
-    cfg = dataclasses.replace(cfg, source=str(p))
+    cfg = dataclasses.replace(anchor_paths(cfg, p.absolute().parent), source=str(p))
     validate(cfg)
     return cfg
+
+
+def anchor_paths(cfg: Config, base: Path) -> Config:
+    """Relative file names mean the config file's directory, not wherever a CLI command was run
+    from; a relative secret under systemd stays a credential name ($CREDENTIALS_DIRECTORY)."""
+    creds = bool(os.environ.get("CREDENTIALS_DIRECTORY"))
+    changes: dict[str, Any] = {}
+    for sf in dataclasses.fields(Config):
+        section = getattr(cfg, sf.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        fixed = {f.name: str(base / v) for f in dataclasses.fields(section)
+                 if f.metadata.get("path") and (v := getattr(section, f.name)) and not os.path.isabs(v)
+                 and not (f.metadata["path"] == "secret" and creds)}
+        if fixed:
+            changes[sf.name] = dataclasses.replace(section, **fixed)  # type: ignore[type-var]
+    return dataclasses.replace(cfg, **changes)
 
 
 def parse(data: dict[str, Any]) -> Config:
@@ -287,9 +343,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         return _build(typing.cast(type, tp), value, key)
-    if tp is Duration:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return Duration(value)
+    if tp is Duration:  # a bare number is refused: seconds or milliseconds would be a guess
         if not isinstance(value, str):
             raise ConfigError(key, f'expected a duration string like "30s", got {_tname(value)}')
         try:
@@ -373,8 +427,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"sampler.labels[{i}]", f"unknown label {label!r} (one of {sorted(_LABELS)})")
     if cfg.watchdog.heartbeat_timeout <= 0:
         raise ConfigError("watchdog.heartbeat_timeout", "must be positive")
-    if cfg.watchdog.device and os.path.realpath(cfg.watchdog.device) == "/dev/watchdog":
-        raise ConfigError("watchdog.device", "/dev/watchdog is Patroni's device; use a second one")
+    if cfg.watchdog.device:
+        check_watchdog_device(cfg.watchdog.device)
     if cfg.archive.interval <= 0:
         raise ConfigError("archive.interval", "must be positive")
     for i, w in enumerate(cfg.repack.windows):
@@ -393,6 +447,27 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"hooks[{i}].command[0]", f'must be an absolute path, got "{h.command[0]}"')
     for key, path in _secret_files(cfg):
         check_secret_file(path, key)
+
+
+# The shipped unit gives the agent a private /dev (PrivateDevices=yes) and a closed device
+# policy: no watchdog device is visible or openable unless a drop-in says otherwise.
+WATCHDOG_DEVICE_UNIT_HINT = (
+    "the shipped unit hides every device (PrivateDevices=yes, DevicePolicy=closed): a drop-in needs "
+    "PrivateDevices=no and DeviceAllow={dev} rw, and the device must be writable by the postgres user "
+    "(docs/installation.md)"
+)
+
+
+def check_watchdog_device(dev: str) -> None:
+    if os.path.realpath(dev) == "/dev/watchdog":
+        raise ConfigError("watchdog.device", "/dev/watchdog is Patroni's device; use a second one")
+    try:
+        st = os.stat(dev)
+    except OSError as e:
+        raise ConfigError("watchdog.device",
+                          f"{dev}: {e.strerror}; " + WATCHDOG_DEVICE_UNIT_HINT.format(dev=dev)) from None
+    if not stat.S_ISCHR(st.st_mode):
+        raise ConfigError("watchdog.device", f"{dev} is not a character device (a watchdog device node)")
 
 
 def _check_cron(expr: str, tz: str, key: str) -> None:
@@ -448,8 +523,10 @@ def reference_markdown() -> str:
              "Generated from `agent/core/config.py` by `pg-node-agent check-config --reference`; "
              "a test fails when this file and the code disagree.", "",
              "One TOML file (default `/etc/pg-node-agent/agent.toml`). Durations are strings such as "
-             '`"500ms"`, `"30s"`, `"5m"`, `"2h"`. Unknown keys are errors. A bad file makes every '
-             "command exit with code 78 and a message naming the key.", ""]
+             '`"500ms"`, `"30s"`, `"5m"`, `"2h"`; a bare number is an error (seconds or milliseconds '
+             "would be a guess). Relative file names are taken from the config file's directory. Unknown "
+             "keys are errors. A bad file makes every command exit with code 78 and a message naming "
+             "the key.", ""]
 
     for prefix, array, keys in sections():
         title = f"[[{prefix}]]" if array else f"[{prefix}]"
@@ -550,7 +627,8 @@ def example_toml() -> str:
 
     out = ["# pg-node-agent example configuration (generated by `pg-node-agent check-config --example`).",
            "# Every key is shown with its default; a commented-out key keeps that default.",
-           "# Durations: \"500ms\", \"30s\", \"5m\", \"2h\". Unknown keys are errors (exit code 78).", ""]
+           "# Durations: \"500ms\", \"30s\", \"5m\", \"2h\" (strings; a bare number is an error).",
+           "# Relative file names are taken from this file's directory. Unknown keys are errors (exit code 78).", ""]
 
     def render(v: Any) -> str:
         if isinstance(v, Duration):

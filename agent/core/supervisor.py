@@ -43,6 +43,26 @@ class Component:
     on_stop: tuple[Event, ...] = ()
 
 
+# Read once at start (a connection, a socket, a component that exists or not, a heartbeat timeout):
+# a reload that changes one of these is logged as needing a restart. Everything else is read where it
+# is used and takes effect at once; `repack.enabled = false` stops a running table (its guard).
+RESTART_KEYS = ("node", "etcd", "http", "postgres", "patroni", "watchdog", "sampler.enabled",
+                "sampler.source", "sampler.labels", "sampler.interval", "archive.enabled", "repack.binary")
+
+
+def keys_needing_restart(old: config_mod.Config, new: config_mod.Config, running: set[str]) -> list[str]:
+    """The changed keys a reload cannot apply, given the components `running`."""
+    def get(c: config_mod.Config, key: str) -> Any:
+        for part in key.split("."):
+            c = getattr(c, part)
+        return c
+
+    out = [k for k in RESTART_KEYS if get(old, k) != get(new, k)]
+    if new.repack.enabled and not old.repack.enabled and "repack" not in running:
+        out.append("repack.enabled")  # the component was not built at start
+    return out
+
+
 def _config_error(e: BaseException) -> config_mod.ConfigError | None:
     if isinstance(e, config_mod.ConfigError):
         return e
@@ -188,8 +208,7 @@ class Supervisor:
             log.error("config_reload_rejected", config=path, error=str(e), kept="previous")
             return
         old = self.ctx.config
-        restart_needed = [k for k in ("node", "etcd", "http", "postgres", "patroni")
-                          if getattr(old, k) != getattr(new, k)]
+        restart_needed = keys_needing_restart(old, new, {c.name for c in self.components})
         self.ctx.config = replace(new, source=path)
         from agent.core import logging as logmod
 

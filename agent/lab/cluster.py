@@ -31,6 +31,8 @@ class Cluster:
         scope: str = "lab",
         namespace: str = "/service",
         parameters: dict[str, Any] | None = None,
+        pg_version: int | None = None,
+        agent_scheme: str = "http",
     ) -> None:
         self.run_dir = run_dir
         self.scope = scope
@@ -42,6 +44,8 @@ class Cluster:
             etcd_url=etcd_url,
             archive_dir=self.archive_dir,
             parameters=dict(parameters or {}),
+            pg_version=pg_version,
+            agent_scheme=agent_scheme,
         )
         self.nodes = [PatroniNode(run_dir, f"node{i}", settings) for i in range(1, nodes + 1)]
         self.started_at: float | None = None

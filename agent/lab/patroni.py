@@ -1,4 +1,4 @@
-"""One Patroni node (PostgreSQL 15 under Patroni 4, etcd3 DCS) as the lab user.
+"""One Patroni node (PostgreSQL 15, or 17/18 from the lab wheels, under Patroni 4, etcd3 DCS) as the lab user.
 
 Patroni's YAML config is written as JSON (YAML is a superset), so the lab needs no YAML library.
 The node's directory is its unix socket directory too: the agent and the tests (root) connect
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.lab import http
+from agent.lab import http, pgversions
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, chown_to_lab_user, descendants, pid_alive, signal_pids, wait_until
 from agent.lab.rundir import lab_subdir
@@ -22,7 +22,7 @@ from agent.status import AGENT_TAG
 
 PATRONI_BIN = Path("/opt/pg-node-agent-lab/patroni-venv/bin/patroni")
 PATRONICTL_BIN = PATRONI_BIN.with_name("patronictl")
-PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
+PG_BIN_DIR = pgversions.bin_dir()  # the default version's; a node may be given another
 
 SUPERUSER = "postgres"
 LAB_PASSWORD = "lab-secret"  # noqa: S105 - loopback-only lab; the agent itself uses peer auth
@@ -47,6 +47,8 @@ class PatroniSettings:
     loop_wait: int = 2
     retry_timeout: int = 3
     parameters: dict[str, Any] = field(default_factory=dict)
+    pg_version: int | None = None  # None: the lab default (agent.lab.pgversions)
+    agent_scheme: str = "http"  # of the `pg_node_agent` tag: "https" where the agents serve TLS
 
 
 class PatroniNode:
@@ -117,7 +119,7 @@ class PatroniNode:
                 "listen": f"127.0.0.1:{self.pg_port}",
                 "connect_address": f"127.0.0.1:{self.pg_port}",
                 "data_dir": str(self.data_dir),
-                "bin_dir": str(PG_BIN_DIR),
+                "bin_dir": str(pgversions.bin_dir(s.pg_version)),
                 "pgpass": str(self.dir / "pgpass"),
                 "authentication": {
                     "superuser": {"username": SUPERUSER, "password": LAB_PASSWORD},
@@ -134,7 +136,7 @@ class PatroniNode:
                 "pg_ident": PG_IDENT,
             },
             "watchdog": {"mode": "off"},
-            "tags": {AGENT_TAG: f"http://127.0.0.1:{self.agent_port}"},
+            "tags": {AGENT_TAG: f"{s.agent_scheme}://127.0.0.1:{self.agent_port}"},
         }
 
     def _write_config(self) -> None:

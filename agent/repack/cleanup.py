@@ -3,13 +3,16 @@
 A pg_repack killed (or cut off from its server) leaves an enabled `repack_trigger` on the table
 that logs every write into `repack.log_<oid>`, plus `repack.table_<oid>` (the copy) and the type
 `repack.pk_<oid>`. `repack.repack_drop(oid, 4)` drops all four; it takes ACCESS EXCLUSIVE on the
-table, so it runs under a short lock_timeout and is retried rather than queued behind clients.
+table, and while that request queues every new query on the table waits behind it. So each attempt
+queues for at most LOCK_TIMEOUT, and attempts are spaced at least ten times that apart, doubling:
+the table's clients wait on the cleanup for well under a tenth of the time, never for seconds.
 A table still locked by a pg_repack session (its advisory lock, class 16185446) is left alone:
 that run is alive and will clean up itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import anyio
@@ -20,6 +23,9 @@ from psycopg import errors, sql
 log = structlog.get_logger("repack")
 
 REPACK_ADVISORY_CLASS = 16185446
+LOCK_TIMEOUT = 0.08  # seconds one ACCESS EXCLUSIVE request may queue
+FIRST_GAP = 0.8      # seconds between attempts, doubling: >= 10x LOCK_TIMEOUT
+MAX_GAP = 8.0
 
 LEFTOVERS_SQL = """
 SELECT DISTINCT oid FROM (
@@ -53,11 +59,24 @@ async def busy_pids(conn: psycopg.AsyncConnection[dict[str, Any]], oid: int) -> 
     return list(row["pids"] or []) if row else []
 
 
-async def drop(conn: psycopg.AsyncConnection[dict[str, Any]], oid: int, *, lock_timeout: float,
-               deadline: float) -> bool:
-    """Drop one table's leftovers; retried on lock timeouts until `deadline` (anyio clock)."""
-    await conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout * 1000)}ms")))
+LOG_BYTES_SQL = """
+SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint AS bytes
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'repack' AND c.relname = ANY (%s::text[])
+"""
+
+
+async def log_bytes(conn: psycopg.AsyncConnection[dict[str, Any]], oids: Collection[int]) -> int:
+    """Size of these tables' repack.log_<oid>: it grows with every write while the trigger is left."""
+    row = await (await conn.execute(LOG_BYTES_SQL, ([f"log_{o}" for o in oids],))).fetchone()
+    return int(row["bytes"]) if row else 0
+
+
+async def drop(conn: psycopg.AsyncConnection[dict[str, Any]], oid: int, *, deadline: float) -> bool:
+    """Drop one table's leftovers; attempts spaced out (see above) until `deadline` (anyio clock)."""
+    await conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(LOCK_TIMEOUT * 1000)}ms")))
     attempts = 0
+    gap = FIRST_GAP
     while True:
         attempts += 1
         try:
@@ -72,24 +91,31 @@ async def drop(conn: psycopg.AsyncConnection[dict[str, Any]], oid: int, *, lock_
             log.info("repack_leftovers_dropped", oid=oid, attempts=attempts)
             return True
         except (errors.LockNotAvailable, errors.QueryCanceled) as e:
-            if anyio.current_time() + 0.5 >= deadline:
+            if anyio.current_time() + gap >= deadline:
                 log.warning("repack_leftovers_not_dropped", oid=oid, attempts=attempts, error=str(e).strip())
                 return False
-            await anyio.sleep(0.3)
+            await anyio.sleep(gap)
+            gap = min(gap * 2, MAX_GAP)
 
 
-async def sweep(conn: psycopg.AsyncConnection[dict[str, Any]], *, lock_timeout: float, deadline: float,
-                only: int | None = None) -> int:
-    """Drop every table's leftovers not held by a live pg_repack run; return how many remain."""
-    remaining = 0
+async def sweep(conn: psycopg.AsyncConnection[dict[str, Any]], *, deadline: float,
+                only: Collection[int] | None = None, may_drop: bool = True) -> tuple[list[int], list[int]]:
+    """Drop the leftovers of every table (or of `only`) not held by a live pg_repack run. Returns
+    (left, busy): the tables whose leftovers are still there, and those a live run holds. With
+    `may_drop` false (a standby) nothing is dropped: it only reports what is there."""
+    left: list[int] = []
+    busy: list[int] = []
     for oid in await find(conn):
-        if only is not None and oid != only:
+        if only is not None and oid not in only:
+            continue
+        if not may_drop:
+            left.append(oid)
             continue
         pids = await busy_pids(conn, oid)
         if pids:
             log.info("repack_leftovers_in_use", oid=oid, pg_repack_pids=pids)
-            remaining += 1
+            busy.append(oid)
             continue
-        if not await drop(conn, oid, lock_timeout=lock_timeout, deadline=deadline):
-            remaining += 1
-    return remaining
+        if not await drop(conn, oid, deadline=deadline):
+            left.append(oid)
+    return left, busy

@@ -1,18 +1,18 @@
 """When each table was last repacked, and how fast this node repacks, kept in
 `<state_dir>/repack.json` so `min_interval` holds across agent restarts and a table too large for
-the rest of a window is not started. Written atomically (temp file + rename): a crash leaves the
+the rest of a window is not started. Written atomically (agent.core.files): a crash leaves the
 old file."""
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import structlog
+
+from agent.core import files
 
 log = structlog.get_logger("repack")
 
@@ -32,14 +32,7 @@ class History:
 
     @classmethod
     def load(cls, path: Path) -> History:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            data = {}
-        except (OSError, ValueError) as e:  # a corrupt file must not stop repacking forever
-            log.warning("repack_history_unreadable", path=str(path), error=str(e))
-            data = {}
-        data = data if isinstance(data, dict) else {}
+        data = files.read_json_object(path, log, "repack_history_unreadable")  # must not stop repacking
         raw_tables = data.get("tables")
         tables: dict[str, dict[str, Any]] = raw_tables if isinstance(raw_tables, dict) else {}
         raw = data.get("rates")
@@ -65,10 +58,4 @@ class History:
         self.save()
 
     def save(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps({"tables": self.tables, "rates": self.rates}, indent=1, sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError as e:
-            log.warning("repack_history_not_saved", path=str(self.path), error=str(e))
+        files.save_json(self.path, {"tables": self.tables, "rates": self.rates}, log, "repack_history_not_saved")

@@ -18,16 +18,13 @@ from etcd3gw.client import Etcd3Client
 from etcd3gw.lease import Lease
 from etcd3gw.utils import _decode, _encode
 
+from agent.cluster.keys import Keys
 from agent.core.config import EtcdConfig, read_secret
 
 log = structlog.get_logger("repack")
 
 T = TypeVar("T")
 TTL = 10
-
-
-def lock_key(cfg: EtcdConfig) -> str:
-    return f"{cfg.namespace.rstrip('/')}/{cfg.scope}/pg-node-agent/repack-lock"
 
 
 def _client(cfg: EtcdConfig, endpoint: str) -> Etcd3Client:
@@ -37,9 +34,9 @@ def _client(cfg: EtcdConfig, endpoint: str) -> Etcd3Client:
                     cert_cert=cfg.cert_file or None, timeout=float(cfg.timeout))
     if cfg.username:
         # the gateway takes a token from /v3/auth/authenticate in the Authorization header
-        resp = c.post(c.get_url("/auth/authenticate"),
-                      json={"name": cfg.username, "password": str(read_secret(cfg.password_file))})
-        c.session.headers["Authorization"] = str(resp["token"])
+        pw = read_secret(cfg.password_file)
+        c.session.headers["Authorization"] = str(
+            c.post(c.get_url("/auth/authenticate"), json={"name": cfg.username, "password": pw.reveal()})["token"])
     return c
 
 
@@ -47,14 +44,14 @@ class RepackLock:
     def __init__(self, cfg: EtcdConfig, member: str) -> None:
         self.cfg = cfg
         self.member = member
-        self.key = lock_key(cfg)
+        self.key = Keys(cfg.namespace, cfg.scope).repack_lock
         self._client: Etcd3Client | None = None
         self._lease: Lease | None = None
 
     async def _call(self, fn: Callable[[], T]) -> T:
         return await anyio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
-    def _connect(self) -> Etcd3Client:
+    def connect(self) -> Etcd3Client:
         err: Exception | None = None
         for ep in self.cfg.endpoints:
             try:
@@ -68,7 +65,7 @@ class RepackLock:
     async def acquire(self) -> tuple[bool, str | None]:
         """(True, member) when taken; (False, holder) when another member (or None: unknown) holds it."""
         def take() -> tuple[bool, str | None]:
-            c = self._client = self._connect()
+            c = self._client = self.connect()
             lease = c.lease(TTL)
             k = _encode(self.key)
             txn: dict[str, Any] = {

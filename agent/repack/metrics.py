@@ -29,6 +29,7 @@ class Guard(StrEnum):
     ARCHIVE_BACKLOG = "archive_backlog"
     WINDOW_END = "window_end"
     GUARD_SAMPLE = "guard_sample"  # the guard figures could not be read: not knowing means stop
+    DISABLED = "disabled"          # repack.enabled turned false by a reload
 
 
 class RepackMetrics:
@@ -47,8 +48,12 @@ class RepackMetrics:
                                  "Bytes (table + indexes + TOAST) freed by successful runs.",
                                  registry=registry)
         self.leftovers = Gauge("pgnode_repack_leftovers",
-                               "Tables with pg_repack leftovers (trigger, log/copy tables) at last sweep.",
+                               "Tables with pg_repack leftovers (trigger, log/copy tables) not yet dropped.",
                                registry=registry)
+        self.leftover_log_bytes = Gauge("pgnode_repack_leftover_log_bytes",
+                                        "Bytes in the repack.log_<oid> tables of those leftovers: their "
+                                        "triggers add every write to the table until they are dropped.",
+                                        registry=registry)
         self.next_window = Gauge("pgnode_repack_next_window_timestamp_seconds",
                                  "Start of the next (or current) repack window, Unix time; 0 with none.",
                                  registry=registry)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 import anyio
 import httpx
 import psycopg
 
+from agent.cluster.keys import Keys
+from agent.cluster.patroni_api import parse_patroni
 from agent.core import pg
 from agent.core.config import Config
 from agent.core.events import (
@@ -31,7 +32,7 @@ from agent.core.events import (
 from agent.core.state import NodeState, reduce
 from agent.repack import candidates, guards, windows
 from agent.repack.component import binary_version, resolve_binary
-from agent.repack.history import History, table_key
+from agent.repack.history import History
 from agent.repack.lock import RepackLock
 
 
@@ -41,11 +42,11 @@ def _say(line: str = "") -> None:
 
 def _etcd_events(cfg: Config) -> list[Event]:
     lock = RepackLock(cfg.etcd, cfg.node.name)
+    keys = Keys(cfg.etcd.namespace, cfg.etcd.scope)  # the layout the leader watch reads
     try:
-        client = lock._connect()
-        prefix = f"{cfg.etcd.namespace.rstrip('/')}/{cfg.etcd.scope}"
-        leader = client.get(f"{prefix}/leader")
-        failover = client.get(f"{prefix}/failover")
+        client = lock.connect()
+        leader = client.get(keys.leader)
+        failover = client.get(keys.failover)
         holder = client.get(lock.key)
     except Exception as e:
         return [DcsAvailability(up=False, endpoint="", reason=str(e)[:200])]
@@ -58,16 +59,28 @@ def _etcd_events(cfg: Config) -> list[Event]:
 
 
 def _patroni_event(cfg: Config) -> Event:
+    """GET /patroni read as the agent's own poller reads it."""
     try:
-        r = httpx.get(f"{cfg.patroni.url.rstrip('/')}/patroni", timeout=float(cfg.patroni.timeout))
-        body: dict[str, Any] = r.json()
+        body = httpx.get(f"{cfg.patroni.url.rstrip('/')}/patroni", timeout=float(cfg.patroni.timeout)).json()
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
     except (httpx.HTTPError, ValueError):
         return PatroniObserved(up=False, role=Role.UNKNOWN)
-    raw = str(body.get("role", ""))
-    role = {"master": Role.PRIMARY, "primary": Role.PRIMARY, "replica": Role.REPLICA,
-            "standby_leader": Role.STANDBY_LEADER}.get(raw, Role.UNKNOWN)
-    return PatroniObserved(up=True, role=role, state=str(body.get("state", "")),
-                           paused=bool(body.get("pause")))
+    return parse_patroni(body)
+
+
+async def _sample(cfg: Config, table: candidates.TableFacts | None, database: str | None) -> guards.Sample | None:
+    """The run's own GuardSession: the same queries, bounds and exclusions (None: unreadable)."""
+    db = table.database if table else database
+    session = guards.GuardSession(lambda: pg.connect(cfg.postgres, "repack-plan", db), table.oid if table else 0,
+                                  cfg.repack)
+    try:
+        return await session.read()
+    except (psycopg.Error, TimeoutError, OSError, RuntimeError) as e:
+        _say(f"guard sample: cannot read: {str(e).strip()[:200] or type(e).__name__}")
+        return None
+    finally:
+        await session.aclose()
 
 
 async def _plan(cfg: Config) -> int:
@@ -92,7 +105,6 @@ async def _plan(cfg: Config) -> int:
                            await anyio.to_thread.run_sync(_patroni_event, cfg)]
     history = History.load(cfg.state_dir / "repack.json")
     first: candidates.Assessment | None = None
-    sample: guards.Sample | None = None
     shown = slot or nxt
     w = rc.windows[shown.index] if shown is not None else None
     seconds_left = (shown.end - max(now, shown.start)).total_seconds() if shown is not None else None
@@ -111,19 +123,13 @@ async def _plan(cfg: Config) -> int:
         state = reduce(state, ev)
 
     if w is not None:
+        judge = candidates.judge(w, rc, history, now=time.time(), seconds_left=seconds_left)
         for db in w.databases:
             _say(f"\ndatabase {db}:")
             try:
                 async with await pg.connect(cfg.postgres, "repack-plan", db) as conn:
-                    dbf, has_pst = await candidates.read_database(conn, version)
-                    tables = await candidates.read_tables(conn, db, w, has_pst)
-                    data_dir = await guards.data_directory(conn)
-                    free = guards.free_disk_bytes(data_dir)
-                    items = candidates.order([
-                        candidates.assess(t, dbf, w, rc, free_disk_bytes=free, now=time.time(),
-                                          last_success=history.last_success(table_key(db, t.schema, t.table)),
-                                          throughput=history.throughput(), seconds_left=seconds_left)
-                        for t in tables])
+                    items = await candidates.survey(conn, db, version, judge,
+                                                    measure_timeout=float(rc.measure_timeout), beat=lambda: None)
                     for a in items:
                         if a.skip in ("excluded",):
                             continue
@@ -132,16 +138,18 @@ async def _plan(cfg: Config) -> int:
                             verdict = f"{verdict}; REFUSED ({', '.join(a.refusals)})".lstrip("; ")
                         _say(f"  {a.facts.name:<40} {a.facts.total_bytes / 1048576:10.1f} MiB  "
                              f"bloat {a.bloat:6.1%} ({a.method})  {verdict}")
+                        for k, v in a.details.items():
+                            _say(f"  {'':<40} {k}: {', '.join(v) if isinstance(v, list) else v}")
                         if a.eligible and first is None:
                             first = a
-                            sample = await guards.read_sample(conn, a.facts.oid, data_dir)
-                    if sample is None:
-                        sample = await guards.read_sample(conn, 0, data_dir)
             except psycopg.Error as e:
                 _say(f"  cannot read: {str(e).strip()}")
+    # the guards as the run evaluates them before its start, on the table it would start with
+    sample = await _sample(cfg, first.facts if first else None, w.databases[0] if w and w.databases else None)
     end = (slot.end if slot else nxt.end if nxt else now).timestamp()
     trips = guards.evaluate(rc, state, sample, table_bytes=first.facts.total_bytes if first else 0,
-                            window_end=end if slot else float("inf"), now=time.time(), running=False)
+                            window_end=end if slot else float("inf"), now=time.time(), running=False,
+                            lock_held=True)
     _say(f"\nnode: role={state.role.value} leader={state.leader} confirmed_primary={state.confirmed_primary} "
          f"failover_pending={state.failover_pending} paused={state.paused} dcs_up={state.dcs_up}")
     if slot is None:

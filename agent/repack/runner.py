@@ -3,12 +3,14 @@
 pg_repack gets an argv list over the local socket, always `--no-kill-backend` and a short
 `--wait-timeout`, with `PGOPTIONS=-c lock_timeout=…` so its cleanup cannot queue without bound,
 and `PGAPPNAME=pg_repack` (its vxid wait recognises other runs by that name). While it runs, the
-guards are re-checked every second and at once on a NodeState change. A trip sends SIGINT (the only
-signal pg_repack cleans up after), SIGKILL after the grace period, then drops whatever is left —
-also when the agent itself is stopped (a cancellation of this task), under a shielded deadline.
+node state, window, lock and config are re-checked at once on a NodeState change and four times a
+second, the SQL figures every second. A trip (or `enabled = false` by a reload) sends SIGINT (the
+only signal pg_repack cleans up after), SIGKILL after the grace period, then drops whatever is left
+— also when the agent itself is stopped (a cancellation of this task), under a shielded deadline.
+What a cleanup cannot drop is reported in the Outcome; the component lists it for retries.
 
-Exit 0 does not mean repacked: the result comes from the catalog (did the relfilenode change?) and
-from the WARNINGs pg_repack printed.
+Exit 0 does not mean repacked: the result comes from the catalog (did the relfilenode change?),
+read on a fresh session after the run, and from the WARNINGs pg_repack printed.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from agent.core import pg, proc
 from agent.core.context import Context
 from agent.core.events import RepackFinished, RepackStarted
 from agent.repack import cleanup, guards
+from agent.repack.candidates import TableFacts
 from agent.repack.guards import Sample, Trip
-from agent.repack.metrics import Guard, RepackMetrics, RepackResult
+from agent.repack.metrics import RepackMetrics, RepackResult
 
 log = structlog.get_logger("repack")
 
@@ -86,19 +89,6 @@ class Outcome:
     lines: list[str] = field(default_factory=list)
 
 
-@dataclass
-class Target:
-    database: str
-    schema: str
-    table: str
-    oid: int
-    total_bytes: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.schema}.{self.table}"
-
-
 REL_SQL = """
 SELECT pg_relation_filenode(%(oid)s::oid)::bigint AS filenode,
        pg_total_relation_size(%(oid)s::oid) AS total_bytes
@@ -115,7 +105,7 @@ async def _rel(conn: psycopg.AsyncConnection[dict[str, Any]], oid: int) -> dict[
 class Run:
     """State of one run, so the guard loop, the output pump and the cleanup share it."""
 
-    def __init__(self, ctx: Context, metrics: RepackMetrics, binary: str, target: Target, window_end: float,
+    def __init__(self, ctx: Context, metrics: RepackMetrics, binary: str, target: TableFacts, window_end: float,
                  lock_ok: Callable[[], bool]) -> None:
         self.ctx = ctx
         self.metrics = metrics
@@ -130,26 +120,22 @@ class Run:
         self.log = log.bind(database=target.database, table=target.name)
 
     # ---------------------------------------------------------------- guards
-    async def check(self, conn: psycopg.AsyncConnection[dict[str, Any]], data_dir: str,
-                    running: bool) -> list[Trip]:
-        rc = self.ctx.config.repack
-        state = self.ctx.state.current
-        fast = guards.state_trips(state) + guards.window_trip(self.window_end, time.time())
-        if not self.lock_ok():
-            fast.append(Trip(Guard.REPACK_LOCK, "lost", "held"))
-        if fast:  # no SQL when the node state already says stop: PostgreSQL may be going away
-            return fast
+    def fast_trips(self) -> list[Trip]:
+        return guards.fast_trips(self.ctx.config.repack, self.ctx.state.current, window_end=self.window_end,
+                                 now=time.time(), lock_held=self.lock_ok())
+
+    async def sampled_trips(self, session: guards.GuardSession, running: bool) -> list[Trip]:
         try:
-            with anyio.fail_after(1.5):
-                self.last_sample = await guards.read_sample(conn, self.t.oid, data_dir)
+            self.last_sample = await session.read()
             self.sample_failures = 0
-        except (psycopg.Error, TimeoutError, OSError) as e:
+        except (psycopg.Error, TimeoutError, OSError, RuntimeError) as e:
             self.sample_failures += 1
-            self.log.warning("repack_guard_sample_failed", error=str(e).strip()[:200],
+            self.log.warning("repack_guard_sample_failed", error=str(e).strip()[:200] or type(e).__name__,
                              failures=self.sample_failures)
         sample = self.last_sample if self.sample_failures < SAMPLE_FAILURES_TO_TRIP else None
-        return guards.evaluate(rc, state, sample, table_bytes=self.t.total_bytes, window_end=self.window_end,
-                               now=time.time(), running=running, lock_held=True)
+        return guards.evaluate(self.ctx.config.repack, self.ctx.state.current, sample,
+                               table_bytes=self.t.total_bytes, window_end=self.window_end, now=time.time(),
+                               running=running, lock_held=self.lock_ok())
 
     def _trip(self, trip: Trip, phase: str) -> None:
         self.metrics.guard_trips.labels(trip.guard.value).inc()
@@ -170,79 +156,110 @@ class Run:
 
     # ---------------------------------------------------------------- the run
     async def execute(self) -> Outcome:
-        cfg = self.ctx.config
-        rc = cfg.repack
-        async with await self.ctx.pg_connect("repack", self.t.database) as conn:
-            data_dir = await guards.data_directory(conn)
-            trips = await self.check(conn, data_dir, running=False)
+        rc = self.ctx.config.repack
+        session = guards.GuardSession(lambda: self.ctx.pg_connect("repack", self.t.database), self.t.oid, rc)
+        try:
+            trips = self.fast_trips() or await self.sampled_trips(session, running=False)
             if trips:
                 for tr in trips:
                     self._trip(tr, "before_start")
                 return Outcome(None, "guard", trips[0])
+            return await self._run(session)
+        finally:
+            await session.aclose()
+
+    async def _run(self, session: guards.GuardSession) -> Outcome:
+        cfg = self.ctx.config
+        rc = cfg.repack
+        async with await self.ctx.pg_connect("repack", self.t.database) as conn:
             before = await _rel(conn, self.t.oid)
             qualified = sql.Identifier(self.t.schema, self.t.table).as_string(conn)
-            cmd = argv(self.binary, rc.wait_timeout, qualified, self.t.database)
-            env = {**os.environ,
-                   **pg.subprocess_env(cfg.postgres, "pg_repack", cfg.state_dir, self.t.database),
-                   "PGOPTIONS": f"-c lock_timeout={int(rc.lock_timeout * 1000)}", "PGAPPNAME": "pg_repack"}
-            self.log.info("repack_started", argv=cmd, total_bytes=before["total_bytes"],
-                          filenode=before["filenode"], wait_timeout_seconds=float(rc.wait_timeout))
-            self.ctx.publish(RepackStarted(table=self.t.name, database=self.t.database))
-            self.metrics.running.set(1)
-            started = anyio.current_time()
-            trip: Trip | None = None
-            stopped_at: float | None = None
-            p = await anyio.open_process(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
-            try:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(proc.pump_lines, p.stderr, self._line)
-                    tg.start_soon(proc.pump_lines, p.stdout, self._line)
-                    trip = await self._watch(p, conn, data_dir)
-                    if trip is not None:
-                        stopped_at = anyio.current_time()
-                        self._trip(trip, "running")
-                        await proc.stop(p, signal.SIGINT, float(rc.grace))
-                    await p.wait()
-            finally:
-                # also on cancellation (agent stopping): SIGINT first, never the SIGKILL anyio would send
-                deadline = anyio.current_time() + float(rc.cleanup_timeout)
-                with anyio.CancelScope(shield=True, deadline=deadline):
-                    if p.returncode is None:
-                        stopped_at = anyio.current_time()
-                        self.log.warning("repack_stopping", reason="agent_stopping")
-                        await proc.stop(p, signal.SIGINT, float(rc.grace))
-                    self.metrics.running.set(0)
-                    leftovers = await self._cleanup(killed=p.returncode == -signal.SIGKILL)
-                    await p.aclose()
-            clean_seconds = anyio.current_time() - stopped_at if stopped_at is not None else None
-            after = await _rel(conn, self.t.oid)
-        changed = after["filenode"] != before["filenode"]
-        result, reason = classify(self.lines, p.returncode, changed, aborted=trip is not None)
-        reclaimed = max(0, int(before["total_bytes"]) - int(after["total_bytes"])) if changed else 0
+        cmd = argv(self.binary, rc.wait_timeout, qualified, self.t.database)
+        env = {**os.environ,
+               **pg.subprocess_env(cfg.postgres, "pg_repack", cfg.state_dir, self.t.database),
+               "PGOPTIONS": f"-c lock_timeout={int(rc.lock_timeout * 1000)}", "PGAPPNAME": "pg_repack"}
+        self.log.info("repack_started", argv=cmd, total_bytes=before["total_bytes"],
+                      filenode=before["filenode"], wait_timeout_seconds=float(rc.wait_timeout))
+        self.ctx.publish(RepackStarted(table=self.t.name, database=self.t.database))
+        self.metrics.running.set(1)
+        started = anyio.current_time()
+        trip: Trip | None = None
+        stopped_at: float | None = None
+        p = await anyio.open_process(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(proc.pump_lines, p.stderr, self._line)
+                tg.start_soon(proc.pump_lines, p.stdout, self._line)
+                trip = await self._watch(p, session)
+                if trip is not None:
+                    stopped_at = anyio.current_time()
+                    self._trip(trip, "running")
+                    await proc.stop(p, signal.SIGINT, float(rc.grace))
+                await p.wait()
+        finally:
+            # also on cancellation (agent stopping): SIGINT first, never the SIGKILL anyio would send
+            deadline = anyio.current_time() + float(rc.cleanup_timeout)
+            with anyio.CancelScope(shield=True, deadline=deadline):
+                if p.returncode is None:
+                    stopped_at = anyio.current_time()
+                    self.log.warning("repack_stopping", reason="agent_stopping")
+                    await proc.stop(p, signal.SIGINT, float(rc.grace))
+                self.metrics.running.set(0)
+                leftovers = await self._cleanup(killed=p.returncode == -signal.SIGKILL)
+                await p.aclose()
+        clean_seconds = anyio.current_time() - stopped_at if stopped_at is not None else None
+        after = await self._rel_fresh()
+        changed = after is not None and after["filenode"] != before["filenode"]
+        # a trip that raced pg_repack's own successful exit does not undo the rewrite
+        result, reason = classify(self.lines, p.returncode, changed, aborted=trip is not None and not changed)
+        reclaimed = max(0, int(before["total_bytes"]) - int(after["total_bytes"])) if after and changed else 0
         return Outcome(result, reason, trip, p.returncode, reclaimed, anyio.current_time() - started,
                        clean_seconds, leftovers, self.lines)
 
-    async def _watch(self, p: anyio.abc.Process, conn: psycopg.AsyncConnection[dict[str, Any]],
-                     data_dir: str) -> Trip | None:
-        """Return the first guard trip, or None once pg_repack has exited by itself."""
-        result: Trip | None = None
-        with anyio.CancelScope() as scope:
+    async def _rel_fresh(self) -> dict[str, Any] | None:
+        """The outcome, read on a session of its own: the guard session may have been cut off."""
+        try:
+            async with await self.ctx.pg_connect("repack", self.t.database) as conn:
+                return await _rel(conn, self.t.oid)
+        except psycopg.Error as e:
+            self.log.warning("repack_outcome_unreadable", error=str(e).strip()[:200])
+            return None
+
+    async def _watch(self, p: anyio.abc.Process, session: guards.GuardSession) -> Trip | None:
+        """Return the first guard trip, or None once pg_repack has exited by itself. The node state
+        (and a reload) is checked at once on every change and four times a second, beside the SQL
+        samples, so a slow sample never delays a stop; a sample is abandoned only when the run is over."""
+        trip: Trip | None = None
+        async with anyio.create_task_group() as tg:
             async def exited() -> None:
                 await p.wait()
-                scope.cancel()
+                tg.cancel_scope.cancel()
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(exited)
+            async def fast() -> None:
+                nonlocal trip
                 while True:
                     self.ctx.liveness.beat("repack")
-                    trips = await self.check(conn, data_dir, running=True)
-                    if trips:
-                        result = trips[0]
+                    if trips := self.fast_trips():
+                        trip = trips[0]
                         tg.cancel_scope.cancel()
-                        break
-                    with anyio.move_on_after(1.0):
+                        return
+                    with anyio.move_on_after(0.25):
                         await self.ctx.state.changed()
-        return result
+
+            async def sampled() -> None:
+                nonlocal trip
+                while True:
+                    trips = await self.sampled_trips(session, running=True)
+                    if trips and p.returncode is None:
+                        trip = trips[0]
+                        tg.cancel_scope.cancel()
+                        return
+                    await anyio.sleep(1.0)
+
+            tg.start_soon(exited)
+            tg.start_soon(fast)
+            tg.start_soon(sampled)
+        return trip
 
     async def _cleanup(self, killed: bool) -> int:
         """Drop this table's leftovers on a fresh session (the guard session may have been cut off
@@ -260,17 +277,17 @@ class Run:
                         await conn.execute("SELECT pg_cancel_backend(pid) FROM unnest(%s::int[]) AS pid",
                                            (pids,))
                     await anyio.sleep(0.1)
-                remaining = await cleanup.sweep(conn, lock_timeout=float(rc.lock_timeout), deadline=deadline,
-                                                only=self.t.oid)
+                left, busy = await cleanup.sweep(conn, deadline=deadline, only={self.t.oid})
         except psycopg.Error as e:
             self.log.error("repack_cleanup_failed", error=str(e).strip()[:300])
             return 1
+        remaining = len(left) + len(busy)
         if remaining:
             self.log.error("repack_leftovers_remain", count=remaining)
         return remaining
 
 
-async def repack_table(ctx: Context, metrics: RepackMetrics, binary: str, target: Target, window_end: float,
+async def repack_table(ctx: Context, metrics: RepackMetrics, binary: str, target: TableFacts, window_end: float,
                        lock_ok: Callable[[], bool]) -> Outcome:
     run = Run(ctx, metrics, binary, target, window_end, lock_ok)
     out = await run.execute()

@@ -22,7 +22,7 @@ from agent.sampler.metrics import Health, SamplerCollector, SamplerHealthCollect
 from agent.sampler.persist import SamplerState
 from agent.sampler.pg_stat_monitor import PgStatMonitor
 from agent.sampler.pg_stat_statements import PgStatStatements
-from agent.sampler.source import Conn, SourceUnavailable, clock, detect
+from agent.sampler.source import Conn, SourceUnavailable, SourceUnreadable, clock, detect, read_failure
 
 log = structlog.get_logger("sampler")
 NAME = "sampler"
@@ -34,24 +34,32 @@ class Sampler:
         self.path: Path = ctx.config.state_dir / "sampler.json"
         self.state: SamplerState = persist.load(self.path, tuple(ctx.config.sampler.labels))
         self.health = Health()
+        self.writer = persist.Writer(self.path, self.health)
         self.health.last_ingested_bucket = (float(self.state.watermark)
                                             if self.state.watermark is not None else None)
         self.source: PgStatMonitor | PgStatStatements | None = None
         self.unavailable: str | None = None  # why no source can be read now (for /status)
+        self.reading: str | None = None  # the source open() chose, before it is known to be readable
         self.version = 0  # bumped whenever the totals may have changed: re-render the query series
+
+    @property
+    def save_error(self) -> str | None:
+        """Why the state file could not be written, while it cannot."""
+        return self.writer.error
 
     def status(self) -> dict[str, Any]:
         return {"source": self.health.source, "watermark": self.state.watermark,
                 "series": len(self.state.totals.series), "queryids_kept": len(self.state.totals.kept),
-                "buckets_missed": self.state.totals.buckets_missed, "reads": self.health.reads,
-                "unavailable": self.unavailable}
+                "buckets_lost": dict(self.state.totals.buckets_lost), "reads": self.health.reads,
+                "read_failures": dict(self.health.read_failures), "fallback": self.health.fallback,
+                "unavailable": self.unavailable, "save_error": self.writer.error}
 
     async def open(self, ctx: Context) -> Conn:
         """Connect and choose the source; settings and schema are read once per session."""
         cfg = ctx.config.sampler
         conn = await ctx.pg_connect(NAME)
         try:
-            name = await detect(conn, cfg.source)
+            name = self.reading = await detect(conn, cfg.source, skip_pgsm=self.health.fallback is not None)
             self.source = PgStatMonitor() if name == "pg_stat_monitor" else PgStatStatements(cfg.interval)
             await self.source.connected(conn)
         except BaseException:
@@ -78,8 +86,10 @@ class Sampler:
                                                cfg.grace, self.health)
         if changed or stepped:
             self.version += 1
-            data = persist.encode(self.state)
-            await anyio.to_thread.run_sync(persist.write_atomic, self.path, data)
+            # pg_stat_monitor's consumed buckets (and what its memory held) must reach the disk
+            # before they can expire; pgss counters are cumulative, so they can wait (persist)
+            self.writer.changed(urgent=changed or not isinstance(self.source, PgStatStatements))
+        await self.writer.maybe_save(self.state)  # a failed write is survived, retried next read
         return wait
 
     def _check_identity(self, c: dict[str, Any]) -> bool:
@@ -98,6 +108,8 @@ class Sampler:
         elif ident.postmaster_start is not None and started != ident.postmaster_start:
             log.info("sampler_server_restart_seen", old_start=ident.postmaster_start, new_start=started)
             self._count("server_restart")
+            # pg_stat_monitor's memory is gone: buckets up to the restart are charged when read
+            self.state.pgsm.restart_at, self.state.pgsm.seen = started, {}
         else:
             if ident.system_identifier == sysid and ident.postmaster_start == started:
                 return False
@@ -120,7 +132,8 @@ class Sampler:
                         conn = await self.open(ctx)
                     delay = await self.step(ctx, conn)
                     if down:
-                        log.info("sampler_postgres_recovered", source=self.health.source)
+                        log.info("sampler_postgres_recovered" if self.unavailable == "PostgreSQL unreachable"
+                                 else "sampler_read_recovered", source=self.health.source)
                         down = False
                     self.unavailable = None
                     backoff = 1.0
@@ -131,15 +144,9 @@ class Sampler:
                     self.health.source = None
                     self.unavailable = str(e)
                     delay = ctx.config.sampler.interval
-                except (psycopg.Error, OSError) as e:
-                    lost = isinstance(e, psycopg.OperationalError | OSError)
-                    self.unavailable = ("PostgreSQL unreachable" if lost
-                                        else f"{type(e).__name__}: {e}".strip()[:200])
-                    if not down:  # once per failure streak, not per retry
-                        log.warning("sampler_postgres_lost" if lost else "sampler_read_failed",
-                                    error=f"{type(e).__name__}: {e}".strip()[:300])
-                        self.health.postgres_outages += int(lost)
-                        down = True
+                except (psycopg.Error, OSError, SourceUnreadable) as e:
+                    self._failed(ctx, e, first=not down)
+                    down = True
                     await _close(conn)
                     conn = None
                     delay, backoff = backoff, min(backoff * 2, BACKOFF_MAX)
@@ -149,7 +156,36 @@ class Sampler:
                 ctx.liveness.beat(NAME)
                 await self._pause(ctx, delay, down)
         finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                if self.writer.dirty:  # a clean stop keeps everything counted so far
+                    await self.writer.save(self.state)
             await _close(conn)
+
+    def _failed(self, ctx: Context, e: BaseException, *, first: bool) -> None:
+        """A lost session is an outage; a read PostgreSQL answered with an error or a timeout is
+        a read failure, counted each time and shown with its SQL error. With `auto`, a
+        pg_stat_monitor that errors (not loaded, unusable settings, a failing function) is left
+        for pg_stat_statements for the rest of this process: switching back and forth would
+        count the same statements from both."""
+        reason = read_failure(e)
+        error = f"{type(e).__name__}: {e}".strip()[:300]
+        if reason is None:
+            self.unavailable = "PostgreSQL unreachable"
+            if first:  # once per failure streak, not per retry
+                log.warning("sampler_postgres_lost", error=error)
+                self.health.postgres_outages += 1
+            return
+        self.health.read_failures[reason] = self.health.read_failures.get(reason, 0) + 1
+        unavailable = f"read timed out (statement_timeout): {error}" if reason == "timeout" else error
+        if unavailable != self.unavailable:  # once per distinct failure, not per retry
+            log.warning("sampler_read_timeout" if reason == "timeout" else "sampler_read_failed",
+                        source=self.reading, error=error)
+        self.unavailable = unavailable
+        if (reason == "error" and self.reading == "pg_stat_monitor" and ctx.config.sampler.source == "auto"
+                and self.health.fallback is None):
+            self.health.fallback = error
+            log.warning("sampler_source_fallback", source="pg_stat_statements",
+                        unreadable="pg_stat_monitor", error=error)
 
     async def _pause(self, ctx: Context, delay: float, down: bool) -> None:
         """Wake at least every interval (heartbeat, SIGHUP'd config, identity checks). After a

@@ -19,26 +19,44 @@ from agent.sampler.totals import CALLS, NFIELDS, Batch
 
 log = structlog.get_logger("sampler")
 
-Key = tuple[int, int, int, bool]
+Key = tuple[int, int, int, bool]  # (userid, dbid, queryid, toplevel)
+_U64 = (1 << 64) - 1
 
-# Row layout of pg_stat_statements.READ: dbid, userid, queryid, toplevel, datname, username,
-# then the NFIELDS values in the order of totals.FIELDS.
+
+def pack_key(key: Key) -> int:
+    """One int per entry instead of a 4-tuple: ints are never tracked by the garbage collector,
+    whose full collections (which hold the GIL, so the event loop) would otherwise scan 10k
+    fresh tuples a read at 10k statements."""
+    user, db, qid, top = key
+    return ((qid & _U64) << 65) | (db << 33) | (user << 1) | int(top)
+
+
+def unpack_key(k: int) -> Key:
+    qid = k >> 65
+    return (k >> 1) & 0xFFFFFFFF, (k >> 33) & 0xFFFFFFFF, qid - (1 << 64) if qid >> 63 else qid, bool(k & 1)
+
+# Row layout of pg_stat_statements' read: dbid, userid, queryid, toplevel, datname, username,
+# then the NFIELDS values in the order of totals.FIELDS, then stats_since (epoch s, or None
+# before pgss 1.11; a shorter row has none either).
 FIRST_VALUE = 6
+SINCE = FIRST_VALUE + NFIELDS
+NO_SINCE = float("nan")
 
 
 class Entries:
     """One read of pg_stat_statements: queryids as ints, label tuples shared, values of entry i
     at vals[i * NFIELDS:(i + 1) * NFIELDS]."""
 
-    __slots__ = ("_label_cache", "_names", "index", "labels", "qids", "vals")
+    __slots__ = ("_label_cache", "_names", "index", "labels", "qids", "since", "vals")
 
     def __init__(self, label_names: tuple[str, ...] = ()) -> None:
         self._names = label_names
         self._label_cache: dict[tuple[str, str], tuple[str, ...]] = {}
-        self.index: dict[Key, int] = {}
+        self.index: dict[int, int] = {}  # pack_key(key) -> entry number
         self.qids: array[int] = array("q")
         self.labels: list[tuple[str, ...]] = []
         self.vals: array[float] = array("d")
+        self.since: array[float] = array("d")  # per entry: stats_since, NaN when unknown
 
     def add_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
         names, cache = self._names, self._label_cache
@@ -48,18 +66,22 @@ class Entries:
             if labels is None:
                 found = {"datname": r[4], "username": r[5]}
                 labels = cache[raw] = tuple(found.get(n, "") for n in names)
-            self.put((int(r[1]), int(r[0]), int(r[2]), bool(r[3])), labels, r[FIRST_VALUE:])
+            since = r[SINCE] if len(r) > SINCE and r[SINCE] is not None else NO_SINCE
+            self.put((int(r[1]), int(r[0]), int(r[2]), bool(r[3])), labels, r[FIRST_VALUE:SINCE], since)
 
-    def put(self, key: Key, labels: tuple[str, ...], values: Sequence[float]) -> None:
-        i = self.index.get(key)
+    def put(self, key: Key, labels: tuple[str, ...], values: Sequence[float], since: float = NO_SINCE) -> None:
+        k = pack_key(key)
+        i = self.index.get(k)
         if i is None:
-            self.index[key] = len(self.labels)
+            self.index[k] = len(self.labels)
             self.qids.append(key[2])
             self.labels.append(labels)
             self.vals.extend(values)
+            self.since.append(since)
         else:  # a duplicate key replaces the earlier row, as a dict would
             self.labels[i] = labels
             self.vals[i * NFIELDS:(i + 1) * NFIELDS] = array("d", values)
+            self.since[i] = since
 
     def values(self, i: int) -> array[float]:
         return self.vals[i * NFIELDS:(i + 1) * NFIELDS]
@@ -90,9 +112,10 @@ class PgssDeltas:
           earlier life of the agent exported.
         - `stats_reset` changed: every present entry was created after the reset, so its whole
           value is new. What ran between our last read and the reset is lost, not guessed.
-        - Any counter lower than before: the entry was evicted (dealloc) and recreated; its
-          current value is all new. An entry recreated *above* its old value is undetectable
-          before pgss 1.11's `stats_since` (PG17).
+        - `stats_since` changed (pgss 1.11+, PG17): the entry was evicted and recreated since
+          the last read; its current value is all new, even when it is above the old one.
+        - Any counter lower than before: the same, recreated; before 1.11 this is the only sign,
+          and an entry recreated *above* its old value is undetectable there.
         - A key not seen before: new since the last read (it would have been in `prev`).
         """
         res = DeltaResult()
@@ -103,7 +126,7 @@ class PgssDeltas:
             res.reset = stats_reset != self.stats_reset
             if dealloc is not None and self.dealloc is not None and dealloc > self.dealloc:
                 res.dealloc = dealloc - self.dealloc
-            pidx, pv, cv = prev.index, prev.vals, cur.vals
+            pidx, pv, cv, ps, cs = prev.index, prev.vals, cur.vals, prev.since, cur.since
             for key, i in cur.index.items():
                 a = i * NFIELDS
                 j = None if res.reset else pidx.get(key)
@@ -111,10 +134,11 @@ class PgssDeltas:
                     d = cv[a:a + NFIELDS].tolist()
                 else:
                     b = j * NFIELDS
-                    if cv[a + CALLS] == pv[b + CALLS] and cv[a:a + NFIELDS] == pv[b:b + NFIELDS]:
+                    moved = cs[i] != ps[j] and cs[i] == cs[i] and ps[j] == ps[j]  # both known: NaN != NaN
+                    if not moved and cv[a + CALLS] == pv[b + CALLS] and cv[a:a + NFIELDS] == pv[b:b + NFIELDS]:
                         continue  # the common case: an entry that did not run
                     d = [c - o for c, o in zip(cv[a:a + NFIELDS], pv[b:b + NFIELDS], strict=True)]
-                    if any(x < 0 for x in d):
+                    if moved or any(x < 0 for x in d):
                         res.recreated += 1
                         d = cv[a:a + NFIELDS].tolist()
                 if d[CALLS] > 0:
@@ -124,19 +148,26 @@ class PgssDeltas:
         return res
 
     def to_json(self) -> dict[str, Any]:
+        """Format 1 of the state file (persist reads it after an upgrade; it writes format 2)."""
         p = self.prev
-        return {"stats_reset": self.stats_reset, "dealloc": self.dealloc,
-                "prev": None if p is None else [[list(k), p.values(i).tolist()] for k, i in p.index.items()]}
+        prev = None if p is None else [[list(unpack_key(k)), p.values(i).tolist(), _since_json(p.since[i])]
+                                       for k, i in p.index.items()]
+        return {"stats_reset": self.stats_reset, "dealloc": self.dealloc, "prev": prev}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> PgssDeltas:
         prev: Entries | None = None
         if d.get("prev") is not None:
             prev = Entries()
-            for k, v in d["prev"]:  # labels are not kept: only the current read's labels are exported
+            for k, v, *since in d["prev"]:  # labels are not kept: only the current read's are exported
                 if len(v) != NFIELDS:  # another version's fields: re-prime, keep the counters
                     log.warning("sampler_pgss_state_reprimed", values=len(v), expected=NFIELDS)
                     prev = None
                     break
-                prev.put((int(k[0]), int(k[1]), int(k[2]), bool(k[3])), (), v)
+                s = since[0] if since and since[0] is not None else NO_SINCE
+                prev.put((int(k[0]), int(k[1]), int(k[2]), bool(k[3])), (), v, float(s))
         return cls(prev=prev, stats_reset=d.get("stats_reset"), dealloc=d.get("dealloc"))
+
+
+def _since_json(x: float) -> float | None:
+    return None if x != x else x  # NaN is not JSON

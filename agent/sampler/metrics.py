@@ -22,6 +22,8 @@ from agent.core.metrics import gauge_if_known
 from agent.sampler.totals import FIELDS, Totals
 
 SOURCES = ("pg_stat_monitor", "pg_stat_statements")
+LOST_REASONS = ("expired", "reset", "restart")
+READ_FAILURES = ("error", "timeout")
 
 
 @dataclass
@@ -34,6 +36,10 @@ class Health:
     postgres_outages: int = 0
     source_resets: dict[str, int] = field(default_factory=dict)  # kind -> count
     histogram_mismatches: int = 0  # rows whose resp_calls did not sum to calls
+    state_bytes_written: int = 0  # to the state file (persist.Writer)
+    state_write_errors: int = 0
+    read_failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(READ_FAILURES, 0))
+    fallback: str | None = None  # why `auto` reads pg_stat_statements although pg_stat_monitor exists
 
 
 class SamplerCollector(Collector):
@@ -65,15 +71,24 @@ class SamplerCollector(Collector):
         yield hist
 
         err = CounterMetricFamily("pgnode_query_errors",
-                                  "Failed statements (one per failure) by elevel, sqlcode.",
+                                  "Failed statements, ERROR and above (one per failure), by elevel, sqlcode.",
                                   labels=["elevel", "sqlcode"])
         for (elevel, sqlcode), v in t.errors.items():
             err.add_metric([elevel, sqlcode], v)
         yield err
-        yield CounterMetricFamily("pgnode_query_buckets_missed",
-                                  "pg_stat_monitor buckets that expired before they were read "
-                                  "(one per bucket).",
-                                  value=t.buckets_missed)
+        warn = CounterMetricFamily("pgnode_query_warnings",
+                                   "Statements that raised a WARNING (pg_stat_monitor only; one per warning), "
+                                   "by sqlcode.", labels=["sqlcode"])
+        for sqlcode, v in t.warnings.items():
+            warn.add_metric([sqlcode], v)
+        yield warn
+        lost = CounterMetricFamily("pgnode_query_buckets_lost",
+                                   "pg_stat_monitor buckets destroyed, wholly or in part, before they were "
+                                   "read (one per bucket), by reason: expired, reset, restart.",
+                                   labels=["reason"])
+        for reason in LOST_REASONS:
+            lost.add_metric([reason], t.buckets_lost.get(reason, 0))
+        yield lost
         yield CounterMetricFamily("pgnode_query_series_folded",
                                   'Aggregates added to queryid="other" or the all-"other" series (one per '
                                   "queryid and label set per batch).", value=t.series_folded)
@@ -102,15 +117,28 @@ class SamplerHealthCollector(Collector):
                                   value=h.rows_read)
         yield CounterMetricFamily("pgnode_sampler_reads", "Reads of the source (one per scan).",
                                   value=h.reads)
+        fails = CounterMetricFamily("pgnode_sampler_read_failures",
+                                    "Reads that failed on a reachable PostgreSQL (one per failed attempt), "
+                                    "by reason: error (an SQL error), timeout (statement_timeout).",
+                                    labels=["reason"])
+        for reason, n in h.read_failures.items():
+            fails.add_metric([reason], n)
+        yield fails
         yield CounterMetricFamily("pgnode_sampler_postgres_outages",
                                   "Times the sampler lost (or could not get) its PostgreSQL session.",
                                   value=h.postgres_outages)
         resets = CounterMetricFamily("pgnode_sampler_source_resets",
                                      "Source discontinuities seen (kind: stats_reset, dealloc, recreated, "
-                                     "server_restart, server_changed, clock_stepped_back).", labels=["kind"])
+                                     "pgsm_reset, server_restart, server_changed, clock_stepped_back).",
+                                     labels=["kind"])
         for kind, n in sorted(h.source_resets.items()):
             resets.add_metric([kind], n)
         yield resets
         yield CounterMetricFamily("pgnode_sampler_histogram_mismatches",
                                   "pg_stat_monitor rows whose resp_calls did not add up to calls.",
                                   value=h.histogram_mismatches)
+        yield CounterMetricFamily("pgnode_sampler_state_written_bytes",
+                                  "Bytes written to the sampler's state file.", value=h.state_bytes_written)
+        yield CounterMetricFamily("pgnode_sampler_state_write_errors",
+                                  "Failed writes of the sampler's state file (the state is kept in memory "
+                                  "and written again later).", value=h.state_write_errors)

@@ -1,24 +1,45 @@
 """The sampler's state file: watermark, server identity and counter values, written atomically.
 
-Written after every batch that changed something, restored at start: counters continue across
-agent restarts, and buckets finished while the agent was down are read if still retained.
+Restored at start: counters continue across agent restarts, and buckets finished while the agent
+was down are read if still retained.
+
+When it is written (`Writer`): after a pg_stat_monitor read that consumed buckets, at once (a
+bucket not yet on disk may have expired by the time a crashed agent is back; these writes are
+small and come once per bucket_time); after a pg_stat_statements read, at most at a bounded
+byte rate (a token bucket: `WRITE_BUDGET` bytes a minute, bursts of `WRITE_BURST`; a small state
+is written after every read, a 10k-entry baseline every few minutes), because pgss counters are
+cumulative: after a crash, the next read counts everything since the restored snapshot's
+baseline, once. And always on a clean stop. Every snapshot is consistent (counters, baseline and
+watermark of the same moment), so what a crash can cost is only what the source itself lost in
+between (a pgss reset or eviction), never a doubled or negative increment.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import os
+import sys
+import time
+import zlib
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import structlog
 
-from agent.sampler.deltas import PgssDeltas
-from agent.sampler.totals import Totals
+from agent.core.files import write_atomic
+from agent.sampler.buckets import Watch
+from agent.sampler.deltas import Entries, PgssDeltas, unpack_key
+from agent.sampler.metrics import Health
+from agent.sampler.totals import NFIELDS, Totals
 
 log = structlog.get_logger("sampler")
-VERSION = 1
+VERSION = 2  # 2: the pgss baseline packed (packed_entries); 1 (a JSON list) is still read
+READABLE = (1, 2)
+WRITE_BUDGET = 60_000  # bytes a minute on average (the target is <= 100 KB/min at 10k statements)
+WRITE_BURST = 60_000  # bytes that may be written at once before the budget holds writes back
 
 
 @dataclass
@@ -33,21 +54,72 @@ class SamplerState:
     watermark: int | None = None  # newest pg_stat_monitor bucket_start_time consumed (epoch s)
     identity: Identity = field(default_factory=Identity)
     pgss: PgssDeltas = field(default_factory=PgssDeltas)
+    pgsm: Watch = field(default_factory=Watch)
 
     def to_json(self) -> dict[str, Any]:
+        p = self.pgss
         return {"version": VERSION, "watermark": self.watermark,
                 "identity": {"system_identifier": self.identity.system_identifier,
                              "postmaster_start": self.identity.postmaster_start},
-                "totals": self.totals.to_json(), "pgss": self.pgss.to_json()}
+                "totals": self.totals.to_json(),
+                "pgss": {"stats_reset": p.stats_reset, "dealloc": p.dealloc,
+                         "packed": None if p.prev is None else pack_entries(p.prev)},
+                "pgsm": self.pgsm.to_json()}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SamplerState:
-        if d.get("version") != VERSION:
+        if d.get("version") not in READABLE:
             raise ValueError(f"unknown state version {d.get('version')!r}")
         ident = d.get("identity") or {}
+        pd = d.get("pgss") or {}
+        if pd.get("packed") is not None:
+            pgss = PgssDeltas(prev=unpack_entries(pd["packed"]), stats_reset=pd.get("stats_reset"),
+                              dealloc=pd.get("dealloc"))
+        else:
+            pgss = PgssDeltas.from_json(pd)  # version 1
         return cls(totals=Totals.from_json(d["totals"]), watermark=d.get("watermark"),
                    identity=Identity(ident.get("system_identifier"), ident.get("postmaster_start")),
-                   pgss=PgssDeltas.from_json(d.get("pgss") or {}))
+                   pgss=pgss, pgsm=Watch.from_json(d.get("pgsm") or {}))
+
+
+def pack_entries(e: Entries) -> dict[str, Any]:
+    """The pgss baseline as three compressed arrays (keys, values, stats_since), column-major:
+    10k entries are ~0.3-0.4 MB instead of 3.9 MB of JSON numbers. Labels are not kept: only
+    the current read's labels are exported."""
+    n = len(e)
+    keys = array("q")
+    for packed in e.index:  # insertion order = row order of vals
+        k = unpack_key(packed)
+        keys.extend((k[0], k[1], k[2], int(k[3])))
+    cols = array("d", [e.vals[i * NFIELDS + j] for j in range(NFIELDS) for i in range(n)])
+
+    def z(a: array[Any]) -> str:
+        return base64.b64encode(zlib.compress(a.tobytes(), 6)).decode()
+
+    return {"n": n, "fields": NFIELDS, "byteorder": sys.byteorder,
+            "keys": z(keys), "vals": z(cols), "since": z(e.since)}
+
+
+def unpack_entries(p: dict[str, Any]) -> Entries | None:
+    """None (re-prime, counters kept) when the baseline is of another field count or machine."""
+    if p.get("fields") != NFIELDS or p.get("byteorder") != sys.byteorder:
+        log.warning("sampler_pgss_state_reprimed", fields=p.get("fields"), expected=NFIELDS)
+        return None
+    n = int(p["n"])
+
+    def u(code: str, s: str) -> array[Any]:
+        a = array(code)
+        a.frombytes(zlib.decompress(base64.b64decode(s)))
+        return a
+
+    keys, cols, since = u("q", p["keys"]), u("d", p["vals"]), u("d", p["since"])
+    if len(keys) != 4 * n or len(cols) != NFIELDS * n or len(since) != n:
+        raise ValueError("packed pgss baseline has the wrong length")
+    e = Entries()
+    for i in range(n):
+        k = keys[4 * i:4 * i + 4]
+        e.put((k[0], k[1], k[2], bool(k[3])), (), [cols[j * n + i] for j in range(NFIELDS)], since[i])
+    return e
 
 
 def load(path: Path, label_names: tuple[str, ...]) -> SamplerState:
@@ -56,7 +128,7 @@ def load(path: Path, label_names: tuple[str, ...]) -> SamplerState:
         st = SamplerState.from_json(json.loads(path.read_bytes()))
     except FileNotFoundError:
         return SamplerState(totals=Totals(label_names))
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, zlib.error) as e:
         log.error("sampler_state_unreadable", path=str(path), error=str(e), action="starting_from_zero")
         return SamplerState(totals=Totals(label_names))
     log.info("sampler_state_restored", path=str(path), watermark=st.watermark, series=len(st.totals.series))
@@ -67,25 +139,61 @@ def encode(state: SamplerState) -> bytes:
     return json.dumps(state.to_json(), separators=(",", ":")).encode()
 
 
-def save(path: Path, state: SamplerState) -> None:
-    write_atomic(path, encode(state))
+def save(path: Path, state: SamplerState) -> int:
+    data = encode(state)
+    write_atomic(path, data)
+    return len(data)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """tmp + fsync + rename + fsync(dir): a crash leaves the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+class Writer:
+    """When the state is written, and what a failed write does.
+
+    `changed(urgent)` marks the state dirty; `maybe_save()` writes it when urgent, or when the
+    token bucket is not in debt (a write may take it into debt; the budget pays it back over time), so bytes written in
+    any T minutes stay under burst + budget x T + one file; `save()` writes now (a clean stop). Encoding and
+    writing run in a worker thread: neither the JSON nor the fsync holds the event loop. A write
+    that fails (a full disk, a state directory we may not write) is logged once per reason as
+    `sampler_state_not_saved`, counted, kept dirty and retried after the next read: the
+    sampler goes on reading, with its counters in memory.
+    """
+
+    def __init__(self, path: Path, health: Health, budget: float = WRITE_BUDGET,
+                 burst: float = WRITE_BURST) -> None:
+        self.path = path
+        self.health = health  # state_bytes_written, state_write_errors
+        self.budget, self.burst = budget, burst
+        self.tokens, self.tokens_at = burst, time.monotonic()
+        self.dirty = self.urgent = False
+        self.error: str | None = None  # the last write's error, None once a write succeeds
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.tokens_at) * self.budget / 60.0)
+        self.tokens_at = now
+
+    def changed(self, urgent: bool = False) -> None:
+        self.dirty = True
+        self.urgent = self.urgent or urgent
+
+    async def maybe_save(self, state: SamplerState) -> None:
+        self._refill()
+        if self.dirty and (self.urgent or self.tokens >= 0):
+            await self.save(state)
+
+    async def save(self, state: SamplerState) -> None:
+        try:
+            n = await anyio.to_thread.run_sync(save, self.path, state)
+        except OSError as e:
+            self.health.state_write_errors += 1  # tokens untouched: retried after the next read
+            err = f"{type(e).__name__}: {e}"[:300]
+            if self.error != err:
+                log.error("sampler_state_not_saved", path=str(self.path), error=err, action="counting_in_memory")
+            self.error = err
+            return
+        if self.error is not None:
+            log.info("sampler_state_saved_again", path=str(self.path))
+        self.dirty = self.urgent = False
+        self.error = None
+        self.health.state_bytes_written += n
+        self._refill()
+        self.tokens -= n

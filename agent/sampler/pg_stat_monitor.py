@@ -1,12 +1,16 @@
 """pg_stat_monitor 2.x: each finished bucket read once, by time, and added to the totals.
 
-Settings and the view's columns are read once per connection (they change only with a server
-restart, which also drops the session). Each due read is one scan of the view restricted to the
-buckets between the watermark and the newest finished one.
+Settings and the function's columns are read once per connection (they change only with a
+server restart, which also drops the session). Each due read is one scan of
+pg_stat_monitor_internal(): the rows of the buckets between the watermark and the newest finished
+one, and a summary of every other bucket from the watermark on, from which a reset is told from a
+quiet server.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,15 +21,19 @@ import structlog
 from psycopg import sql
 
 from agent.sampler.buckets import (
-    missed_buckets,
+    ReadPlan,
+    aligned,
+    lost_buckets,
     newest_ready_start,
     parse_histogram_timings,
     plan_read,
+    reset_bound,
+    reset_evidence,
     seconds_until_next_ready,
 )
 from agent.sampler.metrics import Health
 from agent.sampler.persist import SamplerState
-from agent.sampler.source import Conn, read_chunks
+from agent.sampler.source import Conn, SourceUnreadable, read_chunks
 from agent.sampler.totals import Batch
 
 log = structlog.get_logger("sampler")
@@ -33,21 +41,32 @@ log = structlog.get_logger("sampler")
 SETTINGS = """
 SELECT pg_stat_monitor_version() AS version,
        (SELECT extversion FROM pg_extension WHERE extname = 'pg_stat_monitor') AS extversion,
-       current_setting('pg_stat_monitor.pgsm_bucket_time', true) AS bucket_time,
-       current_setting('pg_stat_monitor.pgsm_max_buckets', true) AS max_buckets,
+       current_setting('server_version_num')::int AS server_version_num,
+       to_regprocedure('get_cmd_type(integer)') IS NOT NULL AS has_cmd_type,
        get_histogram_timings() AS timings
 """
+# As PostgreSQL gives them: `setting` in `unit` (current_setting() would say '5s' or '1min').
+# Absent when the library is not in shared_preload_libraries (its _PG_init defines them).
+GUCS = """
+SELECT name, setting, unit FROM pg_settings
+WHERE name IN ('pg_stat_monitor.pgsm_bucket_time', 'pg_stat_monitor.pgsm_max_buckets')
+"""
+# The columns of the set-returning function behind the view, from the catalog: they differ by
+# extversion (2.0-2.3), and the read selects from the function, not the view (build_select).
 COLUMNS = """
-SELECT attname::text AS name FROM pg_attribute
-WHERE attrelid = to_regclass('pg_stat_monitor') AND attnum > 0 AND NOT attisdropped
+SELECT a.name FROM pg_proc p, unnest(p.proargnames, p.proargmodes::text[]) AS a(name, mode)
+WHERE p.oid = to_regprocedure('pg_stat_monitor_internal(boolean)') AND a.mode = 'o'
 """
 # Keep the sampler's own reads out of the statistics (USERSET in 2.x).
 UNTRACK = "SELECT set_config('pg_stat_monitor.pgsm_track', 'none', false)"
 
-LABEL_COLUMNS = {"datname": "datname", "username": "username", "cmd_type": "cmd_type_text",
-                 "application_name": "application_name", "client_ip": "client_ip"}
+# Label -> (column of pg_stat_monitor_internal, the expression the view shows it as).
+LABEL_SQL = {"datname": ("datname", "datname"), "username": ("username", "username"),
+             "cmd_type": ("cmd_type", "get_cmd_type(cmd_type)"),
+             "application_name": ("application_name", "application_name"),
+             "client_ip": ("client_ip", "'0.0.0.0'::inet + client_ip")}
 
-# Logical value -> candidate columns (2.0-2.3 on PG13-18 name shared I/O time differently), scale.
+# Logical value -> candidate columns (the function's names differ by extversion), scale.
 VALUE_COLUMNS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("calls",), 1.0),
     (("total_exec_time",), 1e-3),
@@ -69,6 +88,28 @@ VALUE_COLUMNS: tuple[tuple[tuple[str, ...], float], ...] = (
     (("cpu_user_time",), 1e-3),
     (("cpu_sys_time",), 1e-3),
 )
+NEEDED = {"bucket_start_time", "queryid", "elevel", "sqlcode", "resp_calls", "calls"}
+
+# elevel of ERROR: 21 since PostgreSQL 14 (20 became WARNING_CLIENT_ONLY), 20 before.
+ERROR_PG14, ERROR_PG13 = 21, 20
+
+_SECONDS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_NUMBER_UNIT = re.compile(r"(-?[0-9]+(?:\.[0-9]+)?)([a-z]*)")
+
+
+def guc_number(name: str, setting: str | None, unit: str | None, *, seconds: bool) -> int:
+    """A whole positive GUC value as pg_settings gives it (`setting` in `unit`), in seconds when
+    `seconds`. A unit inside the setting ('5s', '1min': current_setting()'s form) is read too.
+    Anything else is a SourceUnreadable naming the setting: reported, never a crash."""
+    m = _NUMBER_UNIT.fullmatch((setting or "").strip())
+    inner = m.group(2) if m else ""
+    u = inner or unit or ""
+    scale = (_SECONDS.get(u) if seconds else (1.0 if not u else None)) if not (inner and unit) else None
+    value = float(m.group(1)) * scale if m is not None and scale is not None else math.nan
+    if not (value >= 1 and value == int(value)):
+        what = "number of seconds" if seconds else "number"
+        raise SourceUnreadable(f"{name} = {setting!r} (unit {unit!r}) is not a whole positive {what}")
+    return int(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,60 +119,103 @@ class PgsmSettings:
     bucket_time: int
     max_buckets: int
     le: tuple[float, ...]
+    error_level: int = ERROR_PG14
+    has_cmd_type: bool = True
 
 
-def build_select(columns: set[str], labels: Sequence[str] = tuple(LABEL_COLUMNS)) -> sql.Composed:
-    """The scan, built from the columns the catalog shows (55/65/71/74-column variants).
+def build_select(columns: set[str], labels: Sequence[str] = tuple(LABEL_SQL),
+                 has_cmd_type: bool = True) -> sql.Composed:
+    """One read: the rows of the buckets in (lo, hi] and one summary row per other bucket from lo on.
 
-    Only what a read uses is selected: bucket, queryid, elevel, sqlcode, resp_calls, the
-    configured `labels` (in that order) and the 19 values, read positionally (`Row`)."""
+    From pg_stat_monitor_internal(false), not the view: the view adds a per-row SQL function
+    call, array building and an ORDER BY over every retained row before any WHERE applies. Only
+    what a read uses is selected (no query text is sent): bucket start, queryid, elevel, sqlcode,
+    resp_calls, stats_since, the configured `labels` (in that order) and the 19 values, read
+    positionally. Summary rows (queryid NULL) carry a bucket's summed calls and oldest
+    stats_since: what reset detection compares between reads (buckets.reset_evidence); older
+    buckets are left out before anything is materialised (they were compared at earlier reads)."""
     vals: list[sql.Composable] = []
     for i, (cands, _scale) in enumerate(VALUE_COLUMNS):
         col = next((c for c in cands if c in columns), None)
         expr: sql.Composable = sql.SQL("0") if col is None else sql.Identifier(col)
         vals.append(sql.SQL("coalesce({}, 0)::float8 AS {}").format(expr, sql.Identifier(f"v{i}")))
-    cols = [LABEL_COLUMNS[name] for name in labels]
-    label_sql = [sql.SQL("coalesce({}::text, '') AS {}").format(
-        sql.Identifier(col) if col in columns else sql.SQL("NULL"), sql.Identifier(name))
-        for name, col in zip(labels, cols, strict=True)]
+    label_sql = []
+    for name in labels:
+        col, expr_text = LABEL_SQL[name]
+        usable = col in columns and (has_cmd_type or name != "cmd_type")
+        label_sql.append(sql.SQL("coalesce(({})::text, '') AS {}").format(  # constant SQL text
+            sql.SQL(expr_text) if usable else sql.SQL("NULL"), sql.Identifier(name)))
+    since = sql.SQL("stats_since" if "stats_since" in columns else "NULL::timestamptz")
+    nlab, nval = len(label_sql), len(vals)
     return sql.SQL(
-        "SELECT extract(epoch FROM bucket_start_time)::float8 AS bucket_start, queryid::text AS queryid, "
-        "coalesce(elevel, 0) AS elevel, coalesce(sqlcode, '') AS sqlcode, resp_calls{labels}, {vals} "
-        "FROM pg_stat_monitor "
-        "WHERE bucket_start_time > %(lo)s AND bucket_start_time <= %(hi)s AND queryid IS NOT NULL"
-    ).format(labels=sql.SQL("").join(sql.SQL(", ") + ls for ls in label_sql),
-             vals=sql.SQL(", ").join(vals))
+        "WITH s AS MATERIALIZED ("
+        "SELECT bucket_start_time, queryid, elevel, sqlcode, resp_calls, {since} AS since{labels}, {vals} "
+        "FROM pg_stat_monitor_internal(false) WHERE queryid IS NOT NULL AND bucket_start_time >= %(lo)s) "
+        "SELECT extract(epoch FROM bucket_start_time)::float8, queryid::text, coalesce(elevel, 0), "
+        "coalesce(sqlcode, ''), resp_calls, extract(epoch FROM since)::float8{lcols}, {vcols} FROM s "
+        "WHERE bucket_start_time > %(lo)s AND bucket_start_time <= %(hi)s "
+        "UNION ALL "
+        "SELECT extract(epoch FROM bucket_start_time)::float8, NULL, 0, '', NULL, "
+        "extract(epoch FROM min(since))::float8{lempty}, sum(v0){vzero} FROM s "
+        "WHERE NOT (bucket_start_time > %(lo)s AND bucket_start_time <= %(hi)s) GROUP BY bucket_start_time"
+    ).format(since=since,
+             labels=sql.SQL("").join(sql.SQL(", ") + ls for ls in label_sql),
+             vals=sql.SQL(", ").join(vals),
+             lcols=sql.SQL("").join(sql.SQL(", ") + sql.Identifier(n) for n in labels),
+             vcols=sql.SQL(", ").join(sql.Identifier(f"v{i}") for i in range(nval)),
+             lempty=sql.SQL("").join([sql.SQL(", ''")] * nlab),
+             vzero=sql.SQL("").join([sql.SQL(", 0::float8")] * (nval - 1)))
 
 
 _SCALES = tuple(scale for _c, scale in VALUE_COLUMNS)
-_LABELS_AT = 5  # position of the first label column in a row of build_select()
+_LABELS_AT = 6  # position of the first label column in a row of build_select()
 
 
 class Batches:
     """A read, aggregated chunk by chunk: memory grows with the distinct (bucket, queryid,
-    labels) of the read, not with its rows, and no row is held after its chunk."""
+    labels) of the read, not with its rows, and no row is held after its chunk.
 
-    def __init__(self, nlabels: int) -> None:
+    Rows with elevel > 0 are pg_stat_monitor's error log entries (one call per message, no
+    execution): ERROR and above go to `errors`, lower levels (WARNING) to `warnings`, neither
+    to calls. `summary` is (calls, oldest stats_since) per retained bucket, read or not."""
+
+    def __init__(self, nlabels: int, error_level: int = ERROR_PG14) -> None:
         self.nlabels = nlabels
+        self.error_level = error_level
         self.buckets: dict[int, Batch] = {}
         self.seen: set[int] = set()
+        self.summary: dict[int, tuple[float, float | None]] = {}
         self.errors: dict[tuple[str, str], float] = {}
+        self.warnings: dict[str, float] = {}
         self.histogram_mismatches = 0
         self.rows = 0
         self._labels: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per label set
 
+    def _sum(self, bucket: int, calls: float, since: float | None) -> None:
+        c, s = self.summary.get(bucket, (0.0, None))
+        if since is not None and (s is None or since < s):
+            s = since
+        self.summary[bucket] = (c + calls, s)
+
     def add_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
         first_value = _LABELS_AT + self.nlabels
         for r in rows:
-            self.rows += 1
             bucket = int(r[0])
+            if r[1] is None:  # summary of a bucket outside the read's range
+                self._sum(bucket, float(r[first_value]), r[5])
+                continue
+            self.rows += 1
             self.seen.add(bucket)
             vals = [float(x) * scale for x, scale in zip(r[first_value:], _SCALES, strict=True)]
-            if r[2] > 0:  # a failed statement: counted as an error only, not as a call
-                k = (str(r[2]), r[3])
-                self.errors[k] = self.errors.get(k, 0.0) + vals[0]
+            self._sum(bucket, vals[0], r[5])
+            if r[2] > 0:  # an error log entry: counted as an error or a warning, not as a call
+                if r[2] >= self.error_level:
+                    k = (str(r[2]), r[3])
+                    self.errors[k] = self.errors.get(k, 0.0) + vals[0]
+                else:
+                    self.warnings[r[3]] = self.warnings.get(r[3], 0.0) + vals[0]
                 continue
-            resp = [float(x) for x in r[4]] if r[4] is not None else None
+            resp = [float(x) for x in r[4].split(",")] if r[4] else None
             if resp is not None and sum(resp) != vals[0]:
                 self.histogram_mismatches += 1
                 resp = None
@@ -158,16 +242,28 @@ class PgStatMonitor:
     async def connected(self, conn: Conn) -> None:
         async with conn.cursor() as cur:
             await cur.execute(UNTRACK)
+            await cur.execute(GUCS)
+            gucs = {r["name"]: r for r in await cur.fetchall()}
+            if len(gucs) < 2:
+                raise SourceUnreadable("pg_stat_monitor is installed but not loaded: its settings are not in "
+                                       "pg_settings (add it to shared_preload_libraries)")
             await cur.execute(SETTINGS)
             s = await cur.fetchone()
             await cur.execute(COLUMNS)
             cols = {r["name"] for r in await cur.fetchall()}
         if s is None:
-            raise RuntimeError("pg_stat_monitor settings query returned no row")
-        self.settings = PgsmSettings(version=s["version"], extversion=s["extversion"],
-                                     bucket_time=int(s["bucket_time"] or 60),
-                                     max_buckets=int(s["max_buckets"] or 10),
-                                     le=parse_histogram_timings(s["timings"] or ""))
+            raise SourceUnreadable("pg_stat_monitor settings query returned no row")
+        if missing := NEEDED - cols:
+            raise SourceUnreadable("pg_stat_monitor_internal(boolean) lacks columns "
+                                   f"{sorted(missing)} (extversion {s['extversion']})")
+        bt, mb = (gucs[f"pg_stat_monitor.pgsm_{n}"] for n in ("bucket_time", "max_buckets"))
+        self.settings = PgsmSettings(
+            version=s["version"], extversion=s["extversion"],
+            bucket_time=guc_number(bt["name"], bt["setting"], bt["unit"], seconds=True),
+            max_buckets=guc_number(mb["name"], mb["setting"], mb["unit"], seconds=False),
+            le=parse_histogram_timings(s["timings"] or ""),
+            error_level=ERROR_PG14 if s["server_version_num"] >= 140000 else ERROR_PG13,
+            has_cmd_type=bool(s["has_cmd_type"]))
         self._columns = cols
         self._select = None
         log.info("sampler_pgsm_detected", version=self.settings.version, extversion=self.settings.extversion,
@@ -178,7 +274,7 @@ class PgStatMonitor:
                    grace: float, health: Health) -> tuple[float, bool]:
         if self.settings is None or self._columns is None:
             raise RuntimeError("step() before connected()")
-        bt, mb = self.settings.bucket_time, self.settings.max_buckets
+        bt = self.settings.bucket_time
         wait = seconds_until_next_ready(now, bt, grace)
         plan = plan_read(st.watermark, now, bt, grace)
         if plan is None:
@@ -190,28 +286,25 @@ class PgStatMonitor:
                 self._clock_back_logged = True
             return wait, False
         self._clock_back_logged = False
-        if plan.prime:
-            st.watermark = plan.hi
-            health.last_ingested_bucket = float(plan.hi)
-            log.info("sampler_watermark_primed", watermark=plan.hi)
-            return wait, True
         if st.totals.set_bounds(self.settings.le):
             log.info("sampler_histogram_bounds_set", bins=len(self.settings.le))
         names = st.totals.label_names
         if self._select is None or self._select[0] != names:
-            self._select = (names, build_select(self._columns, names))
+            self._select = (names, build_select(self._columns, names, self.settings.has_cmd_type))
         t0 = time.perf_counter()
-        batches = Batches(len(names))
+        batches = Batches(len(names), self.settings.error_level)
         await read_chunks(conn, self._select[1], {"lo": _ts(plan.lo), "hi": _ts(plan.hi)}, batches.add_rows)
         health.last_duration = time.perf_counter() - t0
         health.reads += 1
         health.rows_read += batches.rows
+        if plan.prime:  # a new baseline: nothing before it is ours to count, lost or not
+            st.pgsm = type(st.pgsm)(seen=batches.summary, read_at=now)
+            st.watermark = plan.hi
+            health.last_ingested_bucket = float(plan.hi)
+            log.info("sampler_watermark_primed", watermark=plan.hi)
+            return wait, True
         self.ingest(batches, st, top_n, max_series, health)
-        seen = batches.seen
-        missed = missed_buckets(plan, now, bt, mb, seen)
-        if missed:
-            st.totals.buckets_missed += missed
-            log.warning("sampler_buckets_missed", buckets=missed, watermark=plan.lo, newest=plan.hi)
+        account_losses(self.settings, plan, now, batches, st, health)
         st.watermark = plan.hi
         health.last_ingested_bucket = float(plan.hi)
         return wait, True
@@ -223,3 +316,26 @@ class PgStatMonitor:
         for b in sorted(batches.buckets):
             st.totals.add(batches.buckets.pop(b), top_n, max_series)
         st.totals.add_errors((elevel, sqlcode, calls) for (elevel, sqlcode), calls in batches.errors.items())
+        st.totals.add_warnings(batches.warnings.items())
+
+
+def account_losses(settings: PgsmSettings, plan: ReadPlan, now: float, batches: Batches,
+                   st: SamplerState, health: Health) -> None:
+    """Counts the buckets of this read a restart, a reset or expiry destroyed, by reason."""
+    bt, mb, w = settings.bucket_time, settings.max_buckets, st.pgsm
+    if w.restart_at is None:
+        b = reset_evidence(w.seen, batches.summary, now, bt, mb, since=plan.lo)
+        if b is not None:
+            since = [s for _c, s in batches.summary.values() if s is not None]
+            w.reset_by = reset_bound(w.read_at, now, min(since, default=None))
+            log.warning("sampler_pgsm_reset_seen", evidence_bucket=b, reset_before=w.reset_by)
+            health.source_resets["pgsm_reset"] = health.source_resets.get("pgsm_reset", 0) + 1
+    lost = lost_buckets(plan, now, bt, mb, batches.seen, restart_at=w.restart_at, reset_by=w.reset_by)
+    if lost:
+        st.totals.add_lost(lost)
+        log.warning("sampler_buckets_lost", watermark=plan.lo, newest=plan.hi, **lost)
+    if w.restart_at is not None and aligned(w.restart_at, bt) <= plan.hi:
+        w.restart_at = None
+    if w.reset_by is not None and aligned(w.reset_by, bt) <= plan.hi:
+        w.reset_by = None
+    w.seen, w.read_at = batches.summary, now

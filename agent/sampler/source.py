@@ -40,6 +40,32 @@ class SourceUnavailable(Exception):
     """Neither the wanted source nor a fallback is installed in the configured database."""
 
 
+class SourceUnreadable(Exception):
+    """The source is installed but cannot be read as it is (not preloaded, a setting we cannot
+    use): a read failure to report, and for `auto` a reason to fall back."""
+
+
+# SQLSTATEs that mean the session is gone: connection exceptions and the server shutting down.
+_LOST_STATES = ("57P01", "57P02", "57P03")
+
+
+def read_failure(e: BaseException) -> str | None:
+    """Why a read failed on a PostgreSQL that answered: "timeout" (57014: statement_timeout or a
+    cancel) or "error" (any other SQL error, a lock_timeout included, or a source we cannot
+    read). None: the session is lost (no SQLSTATE from the server, class 08, a shutdown).
+    psycopg files 57014 and 55P03 under OperationalError, which is not an outage."""
+    if isinstance(e, OSError):
+        return None
+    if isinstance(e, psycopg.Error):
+        state = e.sqlstate
+        if state == "57014":
+            return "timeout"
+        if (state is None and isinstance(e, psycopg.OperationalError)) or (
+                state is not None and (state.startswith("08") or state in _LOST_STATES)):
+            return None
+    return "error"
+
+
 class Source(Protocol):
     name: str
 
@@ -49,13 +75,15 @@ class Source(Protocol):
         ...
 
 
-async def detect(conn: Conn, want: str) -> str:
+async def detect(conn: Conn, want: str, *, skip_pgsm: bool = False) -> str:
+    """The source to read: `want`, or for "auto" pg_stat_monitor, else pg_stat_statements.
+    `skip_pgsm`: "auto" found pg_stat_monitor unreadable, so pg_stat_statements is used."""
     async with conn.cursor() as cur:
         await cur.execute(DETECT)
         row = await cur.fetchone()
     if row is None:
         raise SourceUnavailable("detection returned no row")
-    if want in ("auto", "pg_stat_monitor") and row["has_pgsm"]:
+    if (want == "pg_stat_monitor" or (want == "auto" and not skip_pgsm)) and row["has_pgsm"]:
         return "pg_stat_monitor"
     if want in ("auto", "pg_stat_statements") and row["has_pgss"]:
         return "pg_stat_statements"

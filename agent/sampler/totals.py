@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 OTHER = "other"
@@ -116,9 +116,10 @@ class Totals:
     series: dict[tuple[str, ...], list[float]] = field(default_factory=dict)  # (queryid, *labels)
     le: tuple[float, ...] = ()
     hist: dict[tuple[str, ...], list[float]] = field(default_factory=dict)  # labels -> bins + [sum]
-    errors: dict[tuple[str, str], float] = field(default_factory=dict)  # (elevel, sqlcode)
+    errors: dict[tuple[str, str], float] = field(default_factory=dict)  # (elevel, sqlcode), ERROR and above
+    warnings: dict[str, float] = field(default_factory=dict)  # sqlcode -> pg_stat_monitor WARNING rows
     kept: dict[str, None] = field(default_factory=dict)  # promoted queryids, insertion-ordered
-    buckets_missed: int = 0
+    buckets_lost: dict[str, int] = field(default_factory=dict)  # reason -> pg_stat_monitor buckets
     series_folded: int = 0
 
     def relabel(self, label_names: tuple[str, ...]) -> bool:
@@ -136,10 +137,18 @@ class Totals:
         self.le, self.hist = le, {}
         return True
 
+    def add_lost(self, lost: dict[str, int]) -> None:
+        for reason, n in lost.items():
+            self.buckets_lost[reason] = self.buckets_lost.get(reason, 0) + n
+
     def add_errors(self, errors: Iterable[tuple[str, str, float]]) -> None:
         for elevel, sqlcode, calls in errors:
             k = (elevel, sqlcode)
             self.errors[k] = self.errors.get(k, 0.0) + calls
+
+    def add_warnings(self, warnings: Iterable[tuple[str, float]]) -> None:
+        for sqlcode, calls in warnings:
+            self.warnings[sqlcode] = self.warnings.get(sqlcode, 0.0) + calls
 
     def add(self, batch: Batch, top_n: int, max_series: int) -> int:
         """Adds one batch, already summed over everything not exported (user, db, client, plan,
@@ -164,6 +173,12 @@ class Totals:
             self._observe(key[1:], batch.resp[i], vals[base + EXEC])
         self.series_folded += folded
         return folded
+
+    def added(self, batch: Batch, top_n: int, max_series: int) -> Totals:
+        """A copy with `batch` added; self is left as it was (readers may hold it meanwhile)."""
+        t = replace(self, **{f.name: _copied(getattr(self, f.name)) for f in fields(self)})
+        t.add(batch, top_n, max_series)
+        return t
 
     def _promote(self, batch: Batch, top_n: int) -> None:
         if len(self.kept) >= top_n:
@@ -194,8 +209,9 @@ class Totals:
             "le": ["+Inf" if b == float("inf") else b for b in self.le],
             "hist": [[list(k), v] for k, v in self.hist.items()],
             "errors": [[list(k), v] for k, v in self.errors.items()],
+            "warnings": self.warnings,
             "kept": list(self.kept),
-            "buckets_missed": self.buckets_missed,
+            "buckets_lost": self.buckets_lost,
             "series_folded": self.series_folded,
         }
 
@@ -206,7 +222,18 @@ class Totals:
         t.le = tuple(float("inf") if b == "+Inf" else float(b) for b in d["le"])
         t.hist = {tuple(k): [float(x) for x in v] for k, v in d["hist"]}
         t.errors = {(str(k[0]), str(k[1])): float(v) for k, v in d["errors"]}
+        t.warnings = {str(k): float(v) for k, v in (d.get("warnings") or {}).items()}
         t.kept = dict.fromkeys(d["kept"])
-        t.buckets_missed = int(d["buckets_missed"])
+        lost = d.get("buckets_lost")
+        # files written before the reasons existed counted expired buckets only
+        t.buckets_lost = ({str(k): int(v) for k, v in lost.items()} if isinstance(lost, dict)
+                          else {"expired": int(d.get("buckets_missed", 0))})
         t.series_folded = int(d["series_folded"])
         return t
+
+
+def _copied(x: Any) -> Any:
+    """A field of Totals as `added` needs it: containers new, lists of values in them too."""
+    if isinstance(x, dict):
+        return {k: v.copy() if isinstance(v, list) else v for k, v in x.items()}
+    return x

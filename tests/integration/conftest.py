@@ -10,16 +10,17 @@ from __future__ import annotations
 import itertools
 import os
 import pwd
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
+from testlab.postgres import PgInstance
 
+from agent.lab import pgversions
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import ETCD_BIN, Etcd
 from agent.lab.patroni import PATRONI_BIN, PG_BIN_DIR
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import LAB_USER
 from agent.lab.rundir import new_run_dir, remove_run_dir
 
@@ -129,12 +130,41 @@ def fresh_cluster(run_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def pg15(session_dir: Path) -> Iterator[PgInstance]:
     """Standalone PostgreSQL 15: pg_stat_statements preloaded, archive_mode on, peer auth as postgres."""
-    pg = PgInstance(session_dir)
+    pg = PgInstance(session_dir, version=15)
     try:
         pg.start()
         yield pg
     finally:
         pg.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_other(session_dir: Path) -> Iterator[Callable[[int], PgInstance]]:
+    """Standalone PostgreSQL 17/18 from the lab wheels, started on first use, one per version."""
+    started: dict[int, PgInstance] = {}
+
+    def get(version: int) -> PgInstance:
+        if version not in started:
+            pg = PgInstance(session_dir, version=version)
+            if not (pg.bin_dir / "postgres").exists():
+                pytest.skip(f"PostgreSQL {version} missing (run .ci/install): {pg.bin_dir}")
+            pg.start()
+            started[version] = pg
+        return started[version]
+
+    try:
+        yield get
+    finally:
+        for pg in started.values():
+            pg.stop()
+
+
+@pytest.fixture(params=pgversions.VERSIONS, ids=[f"pg{v}" for v in pgversions.VERSIONS])
+def pg_any(request: pytest.FixtureRequest) -> PgInstance:
+    """The read paths that differ between versions run on each: 15 (the session `pg15`), 17, 18."""
+    if request.param == 15:
+        return request.getfixturevalue("pg15")
+    return request.getfixturevalue("pg_other")(request.param)
 
 
 def _agents_of(run_dir: Path, cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:

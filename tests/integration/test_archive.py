@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import pytest
 from psycopg import sql
+from testlab.postgres import PgInstance
 
 from agent.archive import cli as archive_cli
 from agent.archive.component import components
@@ -20,7 +21,6 @@ from agent.core.config import Config, parse
 from agent.core.context import Context
 from agent.core.events import ArchiveHealthChanged
 from agent.core.supervisor import Component
-from agent.lab.postgres import PgInstance
 
 
 def _config(pg: PgInstance, **archive: Any) -> Config:

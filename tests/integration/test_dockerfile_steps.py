@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-
-from agent.lab import nspawn
+from testlab import nspawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
+from testlab.faults import TcpProxy, cpu_burn
+from testlab.postgres import PgInstance
 
 from agent.lab import http
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster, all_dead
 from agent.lab.etcd import Etcd
-from agent.lab.faults import TcpProxy, cpu_burn
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import pid_alive, wait_until
 
 

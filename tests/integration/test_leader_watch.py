@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from agentproc import AgentProc
+from testlab.faults import TcpProxy
 
 from agent.lab.etcd import Etcd
-from agent.lab.faults import TcpProxy
 from agent.lab.procs import wait_until
 
 

@@ -17,8 +17,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from agent.lab import nspawn
+from testlab import nspawn
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -70,3 +69,6 @@ def test_installation_walkthrough_runs_on_a_fresh_debian(tmp_path: Path) -> None
         assert row["agent"]["sampler"]["source"] == "pg_stat_statements"
         assert row["agent"]["watchdog"]["enabled"] is True   # WatchdogSec= of the shipped unit, fed
         assert "1.0 OK" in r.stdout  # systemd-analyze security of the unit as installed
+        docs = ct.show("pg-node-agent.service", "Documentation")["Documentation"].replace('"', "").split()
+        assert docs and all(ct.run(["test", "-s", u.removeprefix("file://")], check=False).returncode == 0
+                            for u in docs), docs   # what the unit's Documentation= names is installed

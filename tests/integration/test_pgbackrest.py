@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from psycopg import sql
+from testlab.postgres import PgInstance
 
 from agent.archive import cli as archive_cli
 from agent.core.config import Config, parse
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import lab_user, wait_until
 from agent.lab.rundir import lab_subdir
 

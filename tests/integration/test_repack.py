@@ -4,12 +4,13 @@ client. Every test asserts that no client session was cancelled or terminated.""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import psycopg
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
+from repack_lab import LEFTOVERS
+from testlab.postgres import PgInstance
 
 from agent.core.config import parse
 from agent.core.context import Context
@@ -31,7 +34,6 @@ from agent.core.events import (
     Role,
 )
 from agent.lab.etcd import Etcd
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import await_until, children
 from agent.repack import plan
 from agent.repack.component import components
@@ -41,11 +43,6 @@ ROWS = 200_000
 ABORT_TIMES: list[float] = []
 
 TRIGGER = "SELECT 1 FROM pg_trigger WHERE tgname = 'repack_trigger'"
-LEFTOVERS = """
-SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = 'repack_trigger')
-     + (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = 'repack' AND c.relname ~ '^(log|table)_[0-9]+$') AS n
-"""
 
 
 def q(pg: PgInstance, db: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -72,16 +69,26 @@ def db(pg15: PgInstance) -> Iterator[str]:
         conn.execute(f"DROP DATABASE {name} WITH (FORCE)".encode())
 
 
-def make_ctx(pg: PgInstance, etcd: Etcd, db: str, state_dir: Path, **repack: Any) -> Context:
+def make_ctx(pg: PgInstance, etcd: Etcd, db: str, state_dir: Path, *, window: dict[str, Any] | None = None,
+             **repack: Any) -> Context:
+    """An agent context whose one window is open now over `db` (`window` overrides its keys)."""
     cfg = parse({
         "node": {"name": "n1", "state_dir": str(state_dir)},
         "etcd": {"endpoints": [etcd.url], "scope": db},
         "postgres": {"host": str(pg.socket_dir), "port": pg.port, "dbname": db},
         "repack": {"enabled": True, "wait_timeout": "2s", "grace": "1s", **repack,
                    "windows": [{"cron": "0 * * * *", "duration": "2h", "databases": [db],
-                                "min_table_bytes": 0, "bloat_ratio": 0.3}]},
+                                "min_table_bytes": 0, "bloat_ratio": 0.3, **(window or {})}]},
     })
     return Context.create(cfg, CollectorRegistry())
+
+
+async def logged(logs: Sequence[Mapping[str, Any]], *events: str, within: float = 60) -> Mapping[str, Any]:
+    """The first of these events in logs a `structlog.testing.capture_logs` is filling, waited for."""
+    with anyio.fail_after(within):
+        while not (found := [e for e in logs if e["event"] in events]):
+            await anyio.sleep(0.05)
+    return found[0]
 
 
 def confirm_primary(ctx: Context) -> None:
@@ -298,3 +305,22 @@ def test_plan_lists_candidates_and_refusals_and_names_the_guard_that_would_stop_
     assert re.search(r"public\.other .*REFUSED \(no_primary_key\)", out), out
     assert "guard would stop a run now: guard=confirmed_primary" in out
     assert filenode(pg15, db)[0] == node_before  # changed nothing
+
+
+@pytest.mark.parametrize("namespace", ["/service", "service", "/service/"])
+def test_plan_reads_the_leader_and_lock_keys_where_patroni_and_the_agent_write_them(
+        pg15: PgInstance, etcd: Etcd, db: str, ctx: Context, namespace: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Patroni writes `/service/<scope>/leader` however its namespace is spelled; so does the
+    leader watch (agent.cluster.keys). `repack plan` must read the same keys, not its own."""
+    cfg = dataclasses.replace(ctx.config, etcd=dataclasses.replace(ctx.config.etcd, namespace=namespace))
+    etcd.put(f"/service/{db}/leader", "n1")
+    etcd.put(f"/service/{db}/pg-node-agent/repack-lock", "n2")
+    try:
+        plan.main(cfg)
+        out = capsys.readouterr().out
+    finally:
+        etcd.delete(f"/service/{db}/leader")
+        etcd.delete(f"/service/{db}/pg-node-agent/repack-lock")
+    assert " leader=n1 " in out, out
+    assert f"repack lock /service/{db}/pg-node-agent/repack-lock held by n2" in out, out

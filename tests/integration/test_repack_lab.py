@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from repack_lab import DB, EXTENSIONS, REPACK, bloated_table
 
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster, connect
@@ -18,28 +19,13 @@ from agent.lab.procs import wait_until
 
 pytestmark = pytest.mark.integration
 
-DB = "app"
-REPACK = f"""
-[repack]
-enabled = true
-wait_timeout = "2s"
-[[repack.windows]]
-cron = "0 * * * *"
-duration = "2h"
-databases = ["{DB}"]
-min_table_bytes = 0
-bloat_ratio = 0.3
-"""
 
 
 @pytest.fixture
 def bloated(fresh_cluster: Cluster) -> Cluster:
     leader = fresh_cluster.leader()
     fresh_cluster.psql(leader, f"CREATE DATABASE {DB}")
-    for stmt in ("CREATE EXTENSION pg_repack", "CREATE EXTENSION pgstattuple",
-                 "CREATE TABLE tbl (id int PRIMARY KEY, payload text)",
-                 "INSERT INTO tbl SELECT i, md5(i::text) FROM generate_series(1, 100000) i",
-                 "DELETE FROM tbl WHERE id % 10 < 7", "VACUUM ANALYZE tbl"):
+    for stmt in [*EXTENSIONS, *bloated_table("tbl", 100_000)]:
         with _connect(fresh_cluster, leader.name) as c:
             c.execute(stmt.encode())
     return fresh_cluster

@@ -1,12 +1,13 @@
-"""pg_stat_monitor source against the schema-faithful stand-in on a real PostgreSQL 15.
+"""pg_stat_monitor source against the stand-in on a real PostgreSQL 15 (what CI runs).
 
-The real extension is not installable here; tests needing it skip with that reason. The
-stand-in replays the real 2.3.2 captures, so the sampler's own SQL reads what the extension
-showed, tick by tick, on the capture's clock.
+The stand-in replays the real 2.3.2 captures, so the sampler's own SQL reads what the extension
+showed, tick by tick, on the capture's clock. The same workloads against the real extension, and
+the check that the stand-in shows what the real one shows, are in test_sampler_pgsm_real.py.
 """
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 from collections import defaultdict
@@ -18,10 +19,10 @@ import anyio
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from testlab.postgres import PgInstance
 
 from agent.core import config as config_mod
 from agent.core.context import Context
-from agent.lab.postgres import PgInstance
 from agent.sampler.buckets import aligned, oldest_visible_start
 from agent.sampler.component import Sampler, components
 from tests.integration.pgsm_standin import loader
@@ -58,14 +59,6 @@ def replay_db(pg15: PgInstance) -> str:
     with pg15.connect() as admin:
         loader.install(admin, "pgsm_replay", bucket_time=BT, max_buckets=MB)
     return "pgsm_replay"
-
-
-def test_real_extension_cases_skip_visibly(pg15: PgInstance) -> None:
-    rows = pg15.psql("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_stat_monitor'")
-    if rows[0][0] == 0:
-        pytest.skip(
-            "pg_stat_monitor is not installed on this host: real-extension run skipped, stand-in used"
-        )
 
 
 RESTART_AT = epoch("2026-11-24 05:51:20.906681+00")
@@ -188,7 +181,19 @@ async def test_replayed_capture_counts_equal_finished_buckets_and_ground_truth(
         )
     print(  # noqa: T201
         f"errors by sqlcode: {got_err} (sent 22012: 470, 42P01: 235)")
-    assert sampler.state.totals.buckets_missed == 0
+    # every lost bucket with its reason: from the last bucket consumed before each event (the
+    # newest one finished GRACE before the tick preceding it) to the bucket the event hit
+    events = {r["event"]: float(r["epoch"]) for r in csv.DictReader((loader.DATA / "events.csv").open())}
+
+    def hit(t: float) -> int:
+        before = max(epoch(k.sampled_at) for k in capture.ticks if epoch(k.sampled_at) < t)
+        consumed = (before - BT - GRACE) // BT * BT
+        return int((t // BT * BT - consumed) // BT)
+
+    lost = {"reset": hit(events["pre_workload_reset"]) + hit(events["phase2_pgsm_reset"]),
+            "restart": hit(events["restart_begin"])}
+    assert lost == {"reset": 2, "restart": 2}
+    assert sampler.state.totals.buckets_lost == lost
     assert sampler.health.histogram_mismatches == 0
     assert sampler.health.source_resets.get("server_restart") == 1
     assert_monotonic(snaps)
@@ -260,7 +265,8 @@ async def test_buckets_missed_while_down_past_retention_are_counted_not_invented
         1 for b in range(wm + BT, oldest_visible_start(now, BT, MB), BT) if b not in visible
     )
     assert expected_missed >= 2
-    assert s.state.totals.buckets_missed == expected_missed
+    # the capture's two resets and its restart are fed too (as in the replay test)
+    assert s.state.totals.buckets_lost == {"expired": expected_missed, "reset": 2, "restart": 2}
     assert_monotonic(snaps)
     print(  # noqa: T201
         f"\nmissed buckets: {expected_missed}; select calls ingested {got[QID['select_accounts']]:.0f}")
@@ -285,3 +291,63 @@ async def test_new_system_identifier_reprimes_without_negative_or_doubled_increm
     t0 = epoch(capture.ticks[0].sampled_at)
     full, _ = expected(capture, capture.ticks, aligned(t0 - BT - GRACE, BT))
     assert per_queryid(s)[QID["select_accounts"]] <= full[QID["select_accounts"]]  # never doubled
+
+
+async def run_until(ctx: Context, done: Any, limit: float = 15) -> Sampler:
+    """The sampler's real run loop (supervised task, backoff and all) until `done(sampler)`."""
+    (comp,) = components(ctx)
+    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
+    ctx.liveness.register("sampler")
+    async with anyio.create_task_group() as tg:
+        with anyio.fail_after(10):
+            await tg.start(comp.run, ctx)
+        with anyio.fail_after(limit):
+            while not done(sampler):
+                await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    return sampler
+
+
+@pytest.mark.parametrize("source", ["auto", "pg_stat_monitor"])
+async def test_pgsm_not_preloaded_is_a_read_failure_and_auto_falls_back_to_pgss(
+    pg15: PgInstance, tmp_path: Path, source: str
+) -> None:
+    """Created but not in shared_preload_libraries: the real extension then has no settings in
+    pg_settings (its _PG_init returns early) and every read raises; the stand-in shows the same."""
+    with pg15.connect() as admin:
+        loader.install(admin, "pgsm_unloaded", loaded=False)
+    with admin_conn(pg15, "pgsm_unloaded") as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    ctx = make_ctx(pg15, "pgsm_unloaded", tmp_path, source=source, interval="200ms")
+    if source == "auto":
+        s = await run_until(ctx, lambda s: s.health.source == "pg_stat_statements" and s.health.reads >= 1)
+        assert s.health.fallback is not None and "shared_preload_libraries" in s.health.fallback
+        assert s.unavailable is None
+    else:
+        s = await run_until(ctx, lambda s: s.health.read_failures["error"] >= 2)  # retried, not crashed
+        assert s.unavailable is not None and "shared_preload_libraries" in s.unavailable
+        assert s.health.source is None or s.health.source == "pg_stat_monitor"
+    status = ctx.status_sections["sampler"]()
+    assert status["read_failures"]["error"] >= 1 and status["fallback"] == s.health.fallback
+    assert s.health.postgres_outages == 0
+    assert ctx.registry.get_sample_value("pgnode_sampler_read_failures_total", {"reason": "error"}) >= 1
+
+
+async def test_a_read_past_statement_timeout_is_a_timeout_not_an_outage(
+    pg15: PgInstance, replay_db: str, tmp_path: Path
+) -> None:
+    ctx = make_ctx(pg15, replay_db, tmp_path, interval="200ms")
+    ctx.config = config_mod.parse({
+        "node": {"name": "n1", "state_dir": str(tmp_path)}, "etcd": {"scope": "s"},
+        "postgres": {"host": str(pg15.socket_dir), "port": pg15.port, "user": "postgres", "dbname": replay_db,
+                     "statement_timeout": "1s", "lock_timeout": "30s"},
+        "sampler": {"grace": "1s", "interval": "200ms", "labels": ["datname"]}})
+    with admin_conn(pg15, replay_db) as blocker:
+        blocker.autocommit = False
+        blocker.execute("LOCK TABLE pgsm_standin.entries IN ACCESS EXCLUSIVE MODE")  # the read waits
+        s = await run_until(ctx, lambda s: s.health.read_failures["timeout"] >= 1)
+        blocker.rollback()
+    assert s.unavailable is not None and s.unavailable.startswith("read timed out (statement_timeout)")
+    assert s.health.postgres_outages == 0
+    assert ctx.registry.get_sample_value("pgnode_sampler_read_failures_total", {"reason": "timeout"}) >= 1
+    assert s.health.source == "pg_stat_monitor"  # a slow read is retried, not a reason to switch source

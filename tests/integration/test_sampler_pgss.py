@@ -1,17 +1,23 @@
-"""pg_stat_statements source on a real PostgreSQL 15 under a counted workload."""
+"""pg_stat_statements source on real PostgreSQL 15, 17 and 18 (pgss 1.10, 1.11, 1.12) under a
+counted workload."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+from testlab.postgres import PgInstance
 
 from agent.core import config as config_mod
 from agent.core.context import Context
-from agent.lab.postgres import PgInstance
+from agent.sampler import deltas as deltas_mod
+from agent.sampler import persist
+from agent.sampler import totals as totals_mod
 from agent.sampler.component import Sampler, components
 
 
@@ -32,15 +38,19 @@ def make_ctx(pg: PgInstance, state_dir: Path) -> Context:
     return Context.create(cfg, CollectorRegistry())
 
 
-@pytest.fixture
-def pgss_db(pg15: PgInstance) -> str:
-    with pg15.connect() as admin:
+def make_db(pg: PgInstance) -> str:
+    with pg.connect() as admin:
         admin.execute("DROP DATABASE IF EXISTS pgss_t WITH (FORCE)")
         admin.execute("CREATE DATABASE pgss_t")
-    with pg15.connect("pgss_t") as c:
+    with pg.connect("pgss_t") as c:
         c.execute("CREATE EXTENSION pg_stat_statements")
         c.execute("CREATE TABLE sampler_probe (x int)")
     return "pgss_t"
+
+
+@pytest.fixture
+def pgss_db(pg15: PgInstance) -> str:
+    return make_db(pg15)
 
 
 def workload(pg: PgInstance, inserts: int, selects: int) -> tuple[str, str]:
@@ -51,10 +61,11 @@ def workload(pg: PgInstance, inserts: int, selects: int) -> tuple[str, str]:
             c.execute("SELECT count(*) FROM sampler_probe WHERE x > %s", (0,))
         rows = c.execute(
             "SELECT queryid::text, query FROM pg_stat_statements "
-            "WHERE query LIKE '%sampler_probe%' AND query NOT LIKE 'CREATE%'"
+            "WHERE query LIKE '%sampler_probe%' AND query NOT LIKE 'CREATE%' "
+            "AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
         ).fetchall()
     ids = {("insert" if q.startswith("INSERT") else "select"): qid for qid, q in rows}
-    return ids["insert"], ids["select"]
+    return ids["insert"], ids.get("select", "")
 
 
 async def run_sampler_until(ctx: Context, done: Callable[[Sampler], bool]) -> Sampler:
@@ -80,8 +91,10 @@ def calls(ctx: Context, qid: str) -> float:
 
 
 async def test_counted_statements_increase_counters_exactly_across_reset_and_restart(
-    pg15: PgInstance, pgss_db: str, tmp_path: Path
+    pg_any: PgInstance, tmp_path: Path
 ) -> None:
+    pg15 = pg_any  # the same statements on 15, 17 and 18: the read is built from each one's columns
+    make_db(pg15)
     ctx = make_ctx(pg15, tmp_path)
     (comp,) = components(ctx)
     sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
@@ -112,6 +125,34 @@ async def test_counted_statements_increase_counters_exactly_across_reset_and_res
     finally:
         await conn.close()
     assert calls(ctx2, ins) == 167
+
+
+async def test_an_entry_recreated_above_its_old_count_is_seen_by_stats_since(
+    pg_other: Callable[[int], PgInstance], tmp_path: Path
+) -> None:
+    """pgss 1.11+ (PG17/18): one entry removed and recreated between two reads, with more calls
+    than it had. Counters alone read that as a small increase; stats_since says it is all new."""
+    pg = pg_other(17)
+    make_db(pg)
+    ctx = make_ctx(pg, tmp_path)
+    (comp,) = components(ctx)
+    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
+    ins, _ = workload(pg, 3, 1)
+    conn = await sampler.open(ctx)
+    try:
+        await sampler.step(ctx, conn)  # primes at 3 calls
+        workload(pg, 5, 0)
+        await sampler.step(ctx, conn)
+        assert calls(ctx, ins) == 5
+        with pg.connect("pgss_t") as c:  # the entry (now 8 calls) goes, then comes back with 12
+            c.execute("SELECT pg_stat_statements_reset(0, 0, %s::bigint)", (int(ins),))
+        workload(pg, 12, 0)
+        await sampler.step(ctx, conn)
+        assert calls(ctx, ins) == 17  # 5 + 12, not 5 + (12 - 8)
+        assert sampler.health.source_resets.get("recreated") == 1
+        assert "stats_reset" not in sampler.health.source_resets
+    finally:
+        await conn.close()
 
 
 async def test_run_loop_survives_a_missing_database_and_reports_started(
@@ -163,3 +204,148 @@ async def test_a_read_refused_by_postgresql_is_not_an_outage_and_shows_why(
         with pg15.connect("pgss_t") as c:
             c.execute("GRANT SELECT ON pg_stat_statements_info TO PUBLIC")
             c.execute("DROP ROLE IF EXISTS sampler_ro")
+
+
+async def test_a_state_file_that_cannot_be_written_is_named_and_survived(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path
+) -> None:
+    """The state directory is unusable (here a regular file where the directory should be): the
+    sampler keeps reading and counting, says what is wrong, and writes once it can again."""
+    state_dir = tmp_path / "state"
+    state_dir.write_text("not a directory")
+    ctx = make_ctx(pg15, state_dir)
+    ins, _ = workload(pg15, 2, 0)
+    with capture_logs() as logs:
+        sampler = await run_sampler_until(ctx, lambda s: s.health.reads >= 3)
+    events = [e["event"] for e in logs]
+    assert "sampler_postgres_lost" not in events and "sampler_read_failed" not in events
+    assert events.count("sampler_state_not_saved") == 1  # once per streak, not per read
+    assert sampler.health.postgres_outages == 0 and sampler.health.state_write_errors >= 3
+    err = ctx.status_sections["sampler"]()["save_error"]
+    assert err is not None and err.startswith("FileExistsError") and str(state_dir) in err, err
+    assert sampler.unavailable is None
+    state_dir.unlink()  # fixed: the next read's write succeeds, with the counts so far
+    workload(pg15, 4, 0)
+    conn = await sampler.open(ctx)
+    try:
+        with capture_logs() as logs:
+            await sampler.step(ctx, conn)
+    finally:
+        await conn.close()
+    assert "sampler_state_saved_again" in [e["event"] for e in logs]
+    assert ctx.status_sections["sampler"]()["save_error"] is None
+    assert calls(ctx, ins) == 4
+    s2: Sampler = components(make_ctx(pg15, state_dir))[0].run.__self__  # type: ignore[attr-defined]
+    assert s2.state.totals.series[(ins, "pgss_t")][0] == 4
+
+
+async def test_reads_between_writes_are_not_lost_or_doubled_after_a_crash(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path
+) -> None:
+    """Writes are rate-bounded, so a crash (no clean stop) restores an older snapshot: the next
+    read counts everything since that snapshot's baseline, once."""
+    ctx = make_ctx(pg15, tmp_path)
+    (comp,) = components(ctx)
+    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
+    ins, _ = workload(pg15, 3, 0)
+    conn = await sampler.open(ctx)
+    try:
+        await sampler.step(ctx, conn)  # primes; the snapshot is written (the budget has room)
+        written = sampler.health.state_bytes_written
+        assert written > 0
+        sampler.writer.tokens = -1e12  # from here the budget holds every write back
+        for n in (5, 7, 11):
+            workload(pg15, n, 0)
+            await sampler.step(ctx, conn)
+        assert calls(ctx, ins) == 23 and sampler.health.state_bytes_written == written
+    finally:
+        await conn.close()
+    # the process dies here: no clean-stop write. A new one starts from the primed snapshot.
+    workload(pg15, 2, 0)
+    ctx2 = make_ctx(pg15, tmp_path)
+    s2: Sampler = components(ctx2)[0].run.__self__  # type: ignore[attr-defined]
+    conn = await s2.open(ctx2)
+    try:
+        await s2.step(ctx2, conn)
+    finally:
+        await conn.close()
+    assert calls(ctx2, ins) == 25  # 23 + 2: nothing lost, nothing doubled
+
+
+async def test_a_clean_stop_writes_what_the_budget_held_back(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path
+) -> None:
+    ctx = make_ctx(pg15, tmp_path)
+    ins, _ = workload(pg15, 1, 0)
+    stop_after = {"reads": 2}
+
+    def done(s: Sampler) -> bool:
+        if s.health.reads == 1:
+            s.writer.tokens = -1e12  # primed and written; nothing more until the stop
+        return s.health.reads >= stop_after["reads"] and calls(ctx, ins) > 0
+
+    async def load() -> None:
+        while True:
+            await anyio.to_thread.run_sync(workload, pg15, 3, 0)
+            await anyio.sleep(0.1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load)
+        sampler = await run_sampler_until(ctx, done)
+        tg.cancel_scope.cancel()
+    counted = calls(ctx, ins)
+    s2: Sampler = components(make_ctx(pg15, tmp_path))[0].run.__self__  # type: ignore[attr-defined]
+    assert s2.state.totals.series[(ins, "pgss_t")][0] == counted
+    assert sampler.health.state_bytes_written > 0
+
+
+async def test_the_heavy_work_of_a_step_runs_off_the_event_loop(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storing rows, deltas, folding and encoding the state cost ~190 ms of Python at 10k
+    entries: each must run in a worker thread, never in the event loop's (speed is in bench/)."""
+    where: dict[str, set[int]] = {}
+
+    def on_thread(owner: object, name: str) -> None:
+        real = getattr(owner, name)
+
+        def wrapped(*a: object, **kw: object) -> object:
+            where.setdefault(name, set()).add(threading.get_ident())
+            return real(*a, **kw)
+
+        monkeypatch.setattr(owner, name, wrapped)
+
+    on_thread(deltas_mod.Entries, "add_rows")
+    on_thread(deltas_mod.PgssDeltas, "apply")
+    on_thread(totals_mod.Totals, "add")
+    on_thread(persist, "encode")
+    ctx = make_ctx(pg15, tmp_path)
+    sampler: Sampler = components(ctx)[0].run.__self__  # type: ignore[attr-defined]
+    workload(pg15, 2, 1)
+    loop_thread = threading.get_ident()
+    conn = await sampler.open(ctx)
+    try:
+        await sampler.step(ctx, conn)
+        ins, _ = workload(pg15, 3, 1)
+        await sampler.step(ctx, conn)
+    finally:
+        await conn.close()
+    assert calls(ctx, ins) == 3
+    assert set(where) == {"add_rows", "apply", "add", "encode"}
+    assert all(loop_thread not in threads for threads in where.values()), where
+
+
+async def test_an_unwritable_state_file_is_named_not_an_outage(
+    pg15: PgInstance, pgss_db: str, tmp_path: Path, logs: list[dict[str, object]]
+) -> None:
+    """The state file's place is taken by a directory (as good as a permission or a full disk for
+    the write; the tests run as root, whom modes do not stop)."""
+    (tmp_path / "sampler.json").mkdir()
+    ctx = make_ctx(pg15, tmp_path)
+    workload(pg15, 2, 2)
+    sampler = await run_sampler_until(ctx, lambda s: s.save_error is not None and s.health.reads >= 3)
+    events = [e["event"] for e in logs]
+    assert "sampler_postgres_lost" not in events and sampler.health.postgres_outages == 0, events
+    (err,) = [e for e in logs if e["event"] == "sampler_state_not_saved"]  # once, not per read
+    assert "IsADirectoryError" in str(err["error"]) and err["path"] == str(tmp_path / "sampler.json")
+    assert sampler.unavailable is None

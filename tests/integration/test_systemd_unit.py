@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pytest
 from psycopg import sql
+from testlab import nspawn
+from testlab.postgres import PgInstance
 
-from agent.lab import nspawn
 from agent.lab.etcd import Etcd
 from agent.lab.ports import free_port
-from agent.lab.postgres import PgInstance
 from agent.lab.procs import LabTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,14 +196,13 @@ def machine(request: pytest.FixtureRequest, etcd: Etcd, pg15: PgInstance) -> Ite
     scope = f"ct{uuid.uuid4().hex[:8]}"
     etcd.put(f"/service/{scope}/leader", LEADER)
     port = free_port()
-    binds = {agent_dir: "/mnt/pgna/agent", deps_dir: "/mnt/pgna/deps", ROOT / "systemd": "/mnt/pgna/systemd"}
+    binds = nspawn.agent_binds(ROOT, agent_dir, deps_dir)
     failed_before = request.session.testsfailed
     with nspawn.Container(lower, binds_ro=binds, log_dir=log_dir) as ct:
         timings["boot"] = nspawn.TIMINGS["boot_s"]
         t = time.monotonic()
         # --- docs/installation.md, as an operator would do it
-        nspawn.install_agent(ct, "/mnt/pgna/agent", "/mnt/pgna/deps")
-        ct.run(["install", "-m", "0644", f"/mnt/pgna/systemd/{UNIT}", f"/etc/systemd/system/{UNIT}"])
+        nspawn.install_agent(ct, ROOT)  # steps 2-4: venv, user, the unit unchanged
         ct.write_file("/etc/pg-node-agent/pgpass", password + "\n", mode="0600")
         good = _config(etcd, pg15, port, scope)
         ct.write_file(CONFIG, good, mode="0640", owner="root:postgres")
@@ -294,6 +293,15 @@ def test_start_returns_after_ready_with_status_and_health(machine: Machine) -> N
     assert re.search(rf"^Uid:\s+{uid}\s", status, re.M), status
     env = m.proc(int(p["MainPID"]), "environ").split("\0")
     assert f"STATE_DIRECTORY={STATE_DIR}" in env and any(e.startswith("CREDENTIALS_DIRECTORY=") for e in env)
+
+
+def test_documentation_the_unit_names_is_installed(machine: Machine) -> None:
+    """`Documentation=` names files that docs/installation.md's steps put on the node."""
+    uris = machine.props("Documentation")["Documentation"].replace('"', "").split()
+    assert uris and all(u.startswith("file:///") for u in uris), uris
+    for path in (u.removeprefix("file://") for u in uris):
+        r = machine.ct.run(["test", "-s", path], check=False)
+        assert r.returncode == 0, f"{path} (Documentation= of the unit) is not installed"
 
 
 # --------------------------------------------------------------------------- 2. watchdog
@@ -504,3 +512,103 @@ def test_reload_applies_a_changed_config_without_restart(machine: Machine) -> No
         ct.write_file(CONFIG, m.good_config, mode="0640", owner="root:postgres")
     assert m.props("MainPID", "NRestarts") == before
     assert m.props("ActiveState")["ActiveState"] == "active"
+
+
+# --------------------------------------------------------------------------- 7. PostgreSQL's IPC, descriptors
+
+
+def _field_of_limits(limits: str, name: str) -> tuple[str, str]:
+    for line in limits.splitlines():
+        if line.startswith(name):
+            soft, hard = line[len(name):].split()[:2]
+            return soft, hard
+    raise AssertionError(f"{name!r} not in /proc/<pid>/limits:\n{limits}")
+
+
+def test_postgres_shared_memory_survives_agent_stop_and_restart(machine: Machine) -> None:
+    """RemoveIPC=yes would delete the postgres user's IPC when the agent (the last postgres unit
+    here, as when Patroni is stopped and its postmaster left running) stops."""
+    m, ct = machine, machine.ct
+    m.ensure_running()
+    # What an orphaned postmaster holds: a SysV segment and a POSIX object in /dev/shm, both
+    # created by the postgres user outside any unit.
+    made = ct.run(["runuser", "-u", "postgres", "--", "ipcmk", "-M", "65536"]).stdout
+    shmid = re.search(r"Shared memory id: (\d+)", made)
+    assert shmid, made
+    posix = "/dev/shm/PostgreSQL.4242"
+    ct.run(["runuser", "-u", "postgres", "--", "dd", "if=/dev/zero", f"of={posix}", "bs=4096", "count=1",
+            "status=none"])
+    try:
+
+        def survives(when: str) -> None:
+            seg = ct.run(["ipcs", "-m", "-i", shmid.group(1)], check=False)
+            assert seg.returncode == 0 and "uid=" in seg.stdout, (when, seg.stdout, seg.stderr)
+            assert ct.run(["stat", "-c", "%U", posix], check=False).stdout.strip() == "postgres", when
+
+        survives("before")
+        assert ct.systemctl("stop", UNIT).returncode == 0
+        assert m.props("ActiveState")["ActiveState"] == "inactive"
+        survives("after the agent stopped")
+        assert ct.systemctl("start", UNIT).returncode == 0
+        m.wait_active()
+        survives("after the agent started again")
+        assert ct.systemctl("restart", UNIT).returncode == 0
+        m.wait_active()
+        survives("after a restart")
+    finally:
+        ct.run(["ipcrm", "-m", shmid.group(1)], check=False)
+        ct.run(["rm", "-f", posix], check=False)
+    # The agent itself sees none of it: an IPC namespace of its own (PrivateIPC=yes).
+    pid = m.main_pid()
+    own = ct.run(["readlink", f"/proc/{pid}/ns/ipc"]).stdout.strip()
+    assert own and own != ct.run(["readlink", "/proc/1/ns/ipc"]).stdout.strip()
+
+
+def test_descriptor_limit_of_the_unit_is_in_force(machine: Machine) -> None:
+    """LimitNOFILE=65536, up to the ceiling PID 1 has: systemd clamps a unit's limit to its own
+    hard limit (on a real host far above 65,536; in this lab the hard limit of whatever started
+    the tests, since the container cannot raise it)."""
+    m, ct = machine, machine.ct
+    m.ensure_running()
+    ceiling = int(_field_of_limits(m.proc(1, "limits"), "Max open files")[1])
+    want = str(min(65536, ceiling))
+    assert _field_of_limits(m.proc(m.main_pid(), "limits"), "Max open files") == (want, want)
+    # A negative control: a unit of the same user without LimitNOFILE= keeps systemd's soft 1,024.
+    ct.run(["systemd-run", "--unit=pgna-nofile", "--collect", "-p", "User=postgres", "sleep", "120"])
+    try:
+        cpid = int(ct.show("pgna-nofile.service", "MainPID")["MainPID"])
+        assert _field_of_limits(m.proc(cpid, "limits"), "Max open files")[0] == "1024"
+    finally:
+        ct.systemctl("stop", "pgna-nofile.service")
+    m.report.append(f"LimitNOFILE in force on the agent: {want} (PID 1's hard limit in the container: {ceiling})")
+
+
+# --------------------------------------------------------------------------- 8. a watchdog device
+
+
+def test_watchdog_device_hidden_by_the_unit_fails_with_78_naming_its_settings(machine: Machine) -> None:
+    """/dev/net/tun is a character device the container has and the unit's private /dev has not,
+    as any second watchdog device would be."""
+    m, ct = machine, machine.ct
+    m.ensure_running()
+    dev = "/dev/net/tun"
+    with_device = m.good_config + f'\n[watchdog]\ndevice = "{dev}"\n'
+    # Run by hand as root, outside the unit: the device is there, and the relative password_file
+    # is found next to the config (no $CREDENTIALS_DIRECTORY out here).
+    ct.write_file("/etc/pg-node-agent/with-device.toml", with_device)
+    outside = ct.run(["/opt/pg-node-agent/bin/pg-node-agent", "-c", "/etc/pg-node-agent/with-device.toml",
+                      "check-config"], check=False)
+    ct.run(["rm", "-f", "/etc/pg-node-agent/with-device.toml"])
+    assert outside.returncode == 0, outside.stderr
+    ct.write_file(CONFIG, with_device, mode="0640", owner="root:postgres")
+    try:
+        assert ct.systemctl("restart", UNIT).returncode != 0
+        p = m.props("ActiveState", "ExecMainStatus")
+        assert p == {"ActiveState": "failed", "ExecMainStatus": "78"}, p
+        log = ct.journal(UNIT)
+        assert f"watchdog.device: {dev}: No such file or directory" in log, log[-2000:]
+        assert f"PrivateDevices=no and DeviceAllow={dev} rw" in log, log[-2000:]
+    finally:
+        ct.write_file(CONFIG, m.good_config, mode="0640", owner="root:postgres")
+        ct.systemctl("reset-failed", UNIT)
+    m.ensure_running()

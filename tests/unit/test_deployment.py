@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import ast
+import re
 import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,24 @@ def test_unit_declares_notify_watchdog_and_no_restart_on_bad_config() -> None:
     assert "WatchdogSec" in s and s["ProtectSystem"] == ["strict"] and s["CapabilityBoundingSet"] == [""]
 
 
+def test_unit_leaves_the_postgres_users_ipc_alone_and_raises_the_descriptor_limit() -> None:
+    """RemoveIPC=yes with User=postgres deletes PostgreSQL's shared memory when the agent stops
+    (under systemd: tests/integration/test_systemd_unit.py)."""
+    s = unit_settings()
+    assert s["User"] == ["postgres"] and s["RemoveIPC"] == ["no"]
+    assert s["LimitNOFILE"] == ["65536"]
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_documentation_is_the_checkouts_docs_installed_under_usr_share_doc() -> None:
+    """docs/installation.md step 4 copies README.md and docs/ to /usr/share/doc/pg-node-agent/ (the
+    machine test checks they are there); each page the unit names must exist in the checkout."""
+    (uris,) = unit_settings()["Documentation"]
+    for uri in uris.split():
+        rel = uri.removeprefix("file:///usr/share/doc/pg-node-agent/")
+        assert rel != uri and (ROOT / rel).is_file(), uri
+
+
 def test_systemd_analyze_verify_accepts_the_unit(unit_copy: Path) -> None:
     r = subprocess.run(["systemd-analyze", "verify", str(unit_copy)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -54,8 +73,41 @@ def test_unit_exposure_is_at_most_2_0(unit_copy: Path) -> None:
     assert "Overall exposure level" in r.stdout
 
 
+def module_names(sources: dict[str, str]) -> dict[str, str]:
+    """Dotted module name -> its path in the wheel (a package is its __init__.py)."""
+    return {p.removesuffix(".py").removesuffix("/__init__").replace("/", "."): p for p in sources}
+
+
+def reached_modules(sources: dict[str, str], roots: set[str]) -> set[str]:
+    """The wheel's modules imported, directly or not, by `roots` (any import statement, also one
+    inside a function such as the CLI's lazy `demo`), with the packages they sit in."""
+    paths = module_names(sources)
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        mod = todo.pop()
+        if mod in seen or mod not in paths:
+            continue
+        seen.add(mod)
+        parts = mod.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        package = mod if paths[mod].endswith("__init__.py") else ".".join(parts[:-1])
+        for node in ast.walk(ast.parse(sources[paths[mod]])):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, *([base] if base else [])])
+                todo += [base, *(f"{base}.{a.name}" for a in node.names)]
+    return seen
+
+
 def test_wheel_builds_installs_and_runs_help(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"),
+    # sdist, then the wheel from it: an in-tree wheel build packs whatever an earlier build left in
+    # build/lib (a module moved away since would still ship)
+    r = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(tmp_path / "dist"),
                         str(ROOT)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("pg_node_agent-*.whl")
@@ -68,11 +120,16 @@ def test_wheel_builds_installs_and_runs_help(tmp_path: Path) -> None:
         r = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
                             "--prefix", str(env_dir), str(wheel)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    names = subprocess.run([sys.executable, "-c", "import zipfile,sys,json;"
-                            "print(json.dumps(zipfile.ZipFile(sys.argv[1]).namelist()))", str(wheel)],
-                           capture_output=True, text=True, check=True).stdout
-    files = json.loads(names)
-    assert "agent/cli.py" in files and "agent/lab/demo.py" in files and not any(f.startswith("tests/") for f in files)
+    with zipfile.ZipFile(wheel) as z:
+        sources = {n: z.read(n).decode() for n in z.namelist() if n.endswith(".py")}
+        (entry_points,) = [z.read(n).decode() for n in z.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    assert "agent/cli.py" in sources and "agent/lab/demo.py" in sources
+    assert not any(f.startswith("tests/") for f in sources)
+    # Every module must be reached from what an installed agent runs: its console scripts and
+    # `python -m agent`. One nothing reaches is there only for the tests (agent/lab/nspawn.py was).
+    roots = {m.group(1) for m in re.finditer(r"^\S+\s*=\s*([\w.]+):", entry_points, re.M)} | {"agent.__main__"}
+    unreached = set(module_names(sources)) - reached_modules(sources, roots)
+    assert not unreached, f"in the wheel but imported by nothing it runs (tests only?): {sorted(unreached)}"
     out = subprocess.run([str(env_dir / "bin/pg-node-agent"), "--help"], capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
     assert out.returncode == 0 and "check-config" in out.stdout

@@ -106,8 +106,10 @@ def test_rendered_table_marks_the_down_agent_and_withheld_watchdog() -> None:
 def test_node_view_names_each_job() -> None:
     a = agent("pg1")
     a["repack"] = {"running": {"database": "app", "table": "public.t"}, "leftovers": 0, "waiting_for": []}
-    a["sampler"] = {"source": "pg_stat_monitor", "series": 120, "watermark": "2026-11-24T08:00:00", "buckets_missed": 0}
+    a["sampler"] = {"source": "pg_stat_monitor", "series": 120, "watermark": "2026-11-24T08:00:00",
+                    "buckets_lost": {"expired": 2, "reset": 1, "restart": 0}}
     out = render_node(a)
+    assert "lost buckets 3 (expired 2, reset 1)" in out
     assert "role primary  leader pg1  view None  confirmed primary yes" in out
     assert "  watchdog  fed 0.4s" in out
     assert "  sampler   pg_stat_monitor 120 series" in out
@@ -146,3 +148,16 @@ async def test_an_unusable_agent_url_is_a_problem_not_a_traceback() -> None:
     async with httpx.AsyncClient() as client:
         body, err = await _get(client, "http://10.0.0.1:abc/status")
     assert body is None and err.startswith("InvalidURL")
+
+
+def test_credentials_go_over_https_to_the_members_own_address_only() -> None:
+    from agent.status import credential_refusal
+
+    m = {"name": "n1", "host": "10.0.0.1", "api_url": "https://[fd00::1]:8008/patroni"}
+    assert credential_refusal("https://10.0.0.1:9188", m) is None
+    assert credential_refusal("https://[FD00:0::1]:9188", m) is None  # the REST API's address, normalised
+    assert "https only" in str(credential_refusal("http://10.0.0.1:9188", m))
+    far = credential_refusal("https://203.0.113.7:9188", m)
+    assert far and "203.0.113.7 is not the member's address (10.0.0.1, fd00::1)" in far
+    assert credential_refusal("https://203.0.113.7:9188", m, ["203.0.113.7"]) is None
+    assert credential_refusal("https://agent1.example:9188", {"name": "n2"}) is not None

@@ -11,6 +11,7 @@ import struct
 import structlog
 
 from agent.cluster.watchdog.base import Device
+from agent.core.config import WATCHDOG_DEVICE_UNIT_HINT, ConfigError
 
 log = structlog.get_logger("watchdog")
 
@@ -39,7 +40,9 @@ class LinuxDevice(Device):
         except OSError as e:
             if e.errno == errno.EBUSY:
                 raise WatchdogBusy(f"{self.path} is held by another process (Patroni?)") from e
-            raise
+            # Retrying cannot help (a sandbox or permissions): a config error, exit 78, no restart loop.
+            raise ConfigError("watchdog.device", f"cannot open {self.path}: {e.strerror}; "
+                              + WATCHDOG_DEVICE_UNIT_HINT.format(dev=self.path)) from None
         try:
             fcntl.ioctl(self._fd, WDIOC_SETTIMEOUT, struct.pack("I", self.timeout))
         except OSError as e:  # not a watchdog driver (ENOTTY) or no SETTIMEOUT support

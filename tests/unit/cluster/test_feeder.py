@@ -86,3 +86,20 @@ async def test_a_blocked_event_loop_stops_the_feed(monkeypatch: pytest.MonkeyPat
                     await anyio.sleep(0.05)
                 assert (ctx.registry.get_sample_value("pgnode_event_loop_lag_seconds") or 0) > 0.5
                 tg.cancel_scope.cancel()
+
+
+async def test_a_device_that_cannot_be_opened_stops_the_agent_with_78(tmp_path: Path,
+                                                                       logs: list[dict[str, object]]) -> None:
+    """Not a restart loop: under the shipped unit no device is visible, and retrying cannot change that."""
+    from agent.core.supervisor import Component, Supervisor
+
+    cfg = parse({"node": {"name": "n"}, "etcd": {"scope": "s"}, "http": {"listen": "127.0.0.1:0"},
+                 "watchdog": {"device": str(tmp_path / "gone")}})  # vanished after check-config
+    ctx = Context.create(cfg)
+    feeder = Feeder(ctx, WatchdogMetrics(ctx.registry))
+    sup = Supervisor(ctx, [Component("watchdog", feeder.run)], Notifier(""), backoff_max=0.05)
+    with anyio.fail_after(10):
+        assert await sup.run() == 78
+    (err,) = [e for e in logs if e["event"] == "config_error"]
+    assert err["key"] == "watchdog.device" and "PrivateDevices=no" in str(err["error"])
+    assert not [e for e in logs if e["event"] == "component_failed"]

@@ -31,6 +31,8 @@ BAD = [
     ('[etcd]\nscope = "s"\n', "node", "required key is missing"),
     (MINIMAL + '[patroni]\npoll_interval = "5 parsecs"\n', "patroni.poll_interval", "invalid duration"),
     (MINIMAL + '[patroni]\npoll_interval = true\n', "patroni.poll_interval", "duration"),
+    (MINIMAL + '[patroni]\npoll_interval = 5\n', "patroni.poll_interval",
+     'expected a duration string like "30s", got an integer'),
     (MINIMAL + '[postgres]\nport = "5432"\n', "postgres.port", "expected an integer"),
     (MINIMAL + '[postgres]\nport = 70000\n', "postgres.port", "out of range"),
     (MINIMAL + '[http]\nlisten = "9188"\n', "http.listen", "host:port"),
@@ -43,6 +45,8 @@ BAD = [
     (MINIMAL + '[[repack.windows]]\ncron = "0 2 * * *"\nduration = "1h"\ntimezone = "Mars/Olympus"\n',
      "repack.windows[0].timezone", "unknown time zone"),
     (MINIMAL + '[watchdog]\ndevice = "/dev/watchdog"\n', "watchdog.device", "Patroni"),
+    (MINIMAL + '[watchdog]\ndevice = "/nonexistent/watchdog1"\n', "watchdog.device",
+     "PrivateDevices=no and DeviceAllow=/nonexistent/watchdog1 rw"),
     (MINIMAL + '[[hooks]]\ncommand = ["vip-up"]\n', "hooks[0].command[0]", "absolute path"),
     (MINIMAL + '[etcd]\n', "", "not valid TOML"),
     (MINIMAL + '[http]\nbasic_auth_users = { ops = "plaintext" }\n', "http.basic_auth_users.ops", "bcrypt"),
@@ -58,7 +62,7 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, key: str, fragment:
     assert fragment in str(ei.value)
 
 
-@pytest.mark.parametrize(("text", "key", "fragment"), BAD[:12])
+@pytest.mark.parametrize(("text", "key", "fragment"), BAD[:13])
 def test_check_config_exits_78_naming_the_key(tmp_path: Path, text: str, key: str, fragment: str) -> None:
     p = write(tmp_path, text)
     r = subprocess.run([sys.executable, "-m", "agent", "-c", str(p), "check-config"],
@@ -103,7 +107,57 @@ def test_relative_secret_is_read_from_systemd_credentials(tmp_path: Path, monkey
     (tmp_path / "pgpw").write_text("s3cret")
     os.chmod(tmp_path / "pgpw", 0o600)
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    assert config.read_secret("pgpw") == "s3cret"
+    assert config.read_secret("pgpw").reveal() == "s3cret"
+
+
+def test_watchdog_device_must_be_a_character_device(tmp_path: Path) -> None:
+    plain = tmp_path / "watchdog1"
+    plain.write_bytes(b"")
+    with pytest.raises(ConfigError, match="not a character device") as ei:
+        config.load(write(tmp_path, MINIMAL + f'[watchdog]\ndevice = "{plain}"\n'))
+    assert ei.value.key == "watchdog.device"
+    config.load(write(tmp_path, MINIMAL + '[watchdog]\ndevice = "/dev/null"\n'))
+
+
+def test_bare_number_is_no_duration(tmp_path: Path) -> None:
+    for value in ("5", "0.5", "0"):
+        with pytest.raises(ConfigError, match="expected a duration string") as ei:
+            config.load(write(tmp_path, MINIMAL + f"watch_deadline = {value}\n"))  # MINIMAL ends in [etcd]
+        assert ei.value.key == "etcd.watch_deadline"
+
+
+def test_relative_file_names_are_taken_from_the_config_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    conf_dir = tmp_path / "etc"
+    conf_dir.mkdir()
+    (conf_dir / "pgpass").write_text("s3cret\n")
+    (conf_dir / "pgpass").chmod(0o600)
+    p = conf_dir / "agent.toml"
+    p.write_text(MINIMAL + '[postgres]\npassword_file = "pgpass"\n'
+                 '[http]\ntls_cert_file = "tls/cert.pem"\ntls_key_file = "/abs/key.pem"\n')
+    # A CLI command run from anywhere else reads the same files the unit does.
+    r = subprocess.run([sys.executable, "-m", "agent", "-c", str(p), "check-config"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    cfg = config.load(p)
+    assert cfg.postgres.password_file == str(conf_dir / "pgpass")
+    assert config.read_secret(cfg.postgres.password_file).reveal() == "s3cret"
+    assert cfg.http.tls_cert_file == str(conf_dir / "tls/cert.pem") and cfg.http.tls_key_file == "/abs/key.pem"
+
+
+def test_relative_secret_under_systemd_stays_a_credential_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "pgpass").write_text("from-credential\n")
+    (creds / "pgpass").chmod(0o600)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    cfg = config.load(write(tmp_path, MINIMAL + '[postgres]\npassword_file = "pgpass"\n'))
+    assert cfg.postgres.password_file == "pgpass"
+    assert config.read_secret(cfg.postgres.password_file).reveal() == "from-credential"
 
 
 def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ import anyio
 import anyio.abc
 import pytest
 
-from agent.core.config import parse
+from agent.core.config import Config, parse
 from agent.core.context import Context
 from agent.core.sdnotify import Notifier
-from agent.core.supervisor import Component, Supervisor
+from agent.core.supervisor import Component, Supervisor, keys_needing_restart
 
 pytestmark = pytest.mark.anyio
 
@@ -116,3 +116,29 @@ async def test_a_stopped_component_is_down_in_health_and_its_facts_become_unknow
             await anyio.sleep(0.3)  # backing off past its heartbeat timeout: the watchdog sees it too
             assert ctx.liveness.stale() == ["cluster_watch"] and ctx.liveness.down() == ["cluster_watch"]
             tg.cancel_scope.cancel()
+
+
+def _cfg(**sections: object) -> Config:
+    return parse({"node": {"name": "n1"}, "etcd": {"scope": "s"}, **sections})
+
+
+def test_reload_names_every_changed_key_read_only_at_start() -> None:
+    old = _cfg()
+    new = _cfg(sampler={"enabled": False, "interval": "30s"}, watchdog={"heartbeat_timeout": "60s"},
+               archive={"enabled": False}, repack={"binary": "/usr/bin/pg_repack"})
+    assert keys_needing_restart(old, new, {"sampler", "archive"}) == [
+        "watchdog", "sampler.enabled", "sampler.interval", "archive.enabled", "repack.binary"]
+
+
+def test_repack_disabled_by_reload_takes_effect_but_enabling_a_component_never_built_needs_restart() -> None:
+    on, off = _cfg(repack={"enabled": True}), _cfg(repack={"enabled": False})
+    assert keys_needing_restart(on, off, {"repack"}) == []
+    assert keys_needing_restart(off, on, {"repack"}) == []
+    assert keys_needing_restart(off, on, set()) == ["repack.enabled"]
+
+
+def test_windows_and_guard_thresholds_take_effect_without_restart() -> None:
+    old = _cfg(repack={"enabled": True})
+    new = _cfg(repack={"enabled": True, "max_lock_waiters": 3, "lag_excluded_standbys": ["n3"]},
+               hooks=[{"command": ["/bin/true"]}], logging={"level": "debug"})
+    assert keys_needing_restart(old, new, {"repack"}) == []

@@ -14,8 +14,11 @@ from agent.repack.candidates import (
     estimate_bloat,
     matches,
     order,
+    to_measure,
 )
+from agent.repack.guards import Volume
 from agent.repack.history import History
+from agent.repack.trust import PublicSchema
 
 MiB = 1024 * 1024
 W = RepackWindow(cron="0 2 * * *", duration=Duration(3600), include=["public.*", "app.*"],
@@ -25,12 +28,15 @@ CFG = RepackConfig(min_free_disk_ratio=2.2)
 DB = DatabaseFacts(extension_version="1.4.8", binary_version="1.4.8")
 # 100 MiB heap holding 200k rows of 100 + 28 bytes: ~25.7 MB expected, 75 % bloat
 T = TableFacts(database="db", oid=1, schema="public", table="t", heap_bytes=100 * MiB, total_bytes=120 * MiB,
-               reltuples=200_000, row_width=100.0, dead_tuples=0, live_tuples=200_000)
+               reltuples=200_000, row_width=100.0, dead_tuples=0, live_tuples=200_000,
+               owner="postgres", owner_trusted=True)
 
 
 def _assess(t: TableFacts = T, db: DatabaseFacts = DB, free: int = 10**12,
             last: float | None = None) -> Assessment:
-    return assess(t, db, W, CFG, free_disk_bytes=free, last_success=last, now=1_000_000.0)
+    """`free`: bytes free on the one file system holding the data directory, the table and pg_wal."""
+    t = dataclasses.replace(t, volumes=(Volume("/data", free, t.total_bytes, True),))
+    return assess(t, db, W, CFG, last_success=last, now=1_000_000.0)
 
 
 def test_bloated_table_with_a_key_is_eligible() -> None:
@@ -85,6 +91,51 @@ def test_table_refusals_are_named(change: dict[str, object], reason: str) -> Non
     assert a.refusals == [reason]
 
 
+def test_a_table_of_an_owner_not_trusted_is_refused_unless_listed() -> None:
+    app = dataclasses.replace(T, owner="app_owner", owner_trusted=False)
+    a = _assess(app)
+    assert a.refusals == ["untrusted_owner"] and a.details == {"owner": "app_owner"}
+    trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
+    assert assess(app, DB, W, trusting, last_success=None, now=0.0).refusals == []
+
+
+def test_a_table_whose_indexes_run_user_code_is_refused_even_for_a_trusted_owner() -> None:
+    code = ("function public.f(integer)",)
+    t = dataclasses.replace(T, owner="app_owner", owner_trusted=False, index_code=code)
+    trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
+    a = assess(t, DB, W, trusting, last_success=None, now=0.0)
+    assert a.refusals == ["index_user_code"] and a.details == {"index_code": list(code)}
+
+
+def test_user_code_in_public_refuses_every_table_of_the_database_unless_its_owner_is_trusted() -> None:
+    code = (("function public.pg_try_advisory_lock(text, integer)", "mallory"),
+            ("operator public.=(character varying,character varying)", "app_owner"))
+    a = _assess(db=dataclasses.replace(DB, public=PublicSchema(code=code)))
+    assert a.refusals == ["public_user_code"]
+    assert a.details == {"public_code": [code[0][0], code[1][0]]}
+    trusting = dataclasses.replace(CFG, trusted_owners=["app_owner"])
+    b = assess(T, dataclasses.replace(DB, public=PublicSchema(code=code)), W, trusting,
+               last_success=None, now=0.0)
+    assert b.details == {"public_code": [code[0][0]]}
+    trusting_both = dataclasses.replace(CFG, trusted_owners=["app_owner", "mallory"])
+    assert assess(T, dataclasses.replace(DB, public=PublicSchema(code=code)), W, trusting_both,
+                  last_success=None, now=0.0).refusals == []
+
+
+def test_a_database_whose_public_schema_a_role_not_trusted_may_write_is_refused() -> None:
+    db = dataclasses.replace(DB, public=PublicSchema(writers=("app_owner", "mallory")))
+    a = _assess(db=db)
+    assert a.refusals == ["public_writable"] and a.details == {"public_writers": ["app_owner", "mallory"]}
+    trusting = dataclasses.replace(CFG, trusted_owners=["app_owner", "mallory"])
+    assert assess(T, db, W, trusting, last_success=None, now=0.0).refusals == []
+
+
+def test_table_facts_without_an_owner_fail_closed() -> None:
+    bare = TableFacts(database="db", oid=1, schema="public", table="t", heap_bytes=1, total_bytes=1,
+                      reltuples=1, row_width=1.0, dead_tuples=0, live_tuples=1)
+    assert "untrusted_owner" in _assess(bare).refusals
+
+
 @pytest.mark.parametrize(("db", "reason"), [
     (DatabaseFacts(extension_version=None, binary_version="1.4.8"), "extension_missing"),
     (DatabaseFacts(extension_version="1.4.7", binary_version="1.4.8"), "version_mismatch"),
@@ -97,8 +148,20 @@ def test_database_refusals_are_named(db: DatabaseFacts, reason: str) -> None:
 
 
 def test_not_enough_free_disk_is_refused() -> None:
-    assert _assess(free=int(2.1 * T.total_bytes)).refusals == ["insufficient_disk"]
+    a = _assess(free=int(2.1 * T.total_bytes))
+    assert a.refusals == ["insufficient_disk"]
+    assert a.details == {"disk_path": "/data", "disk_free_bytes": int(2.1 * T.total_bytes),
+                         "disk_needed_bytes": int(2.2 * T.total_bytes)}
     assert _assess(free=int(2.3 * T.total_bytes)).refusals == []
+
+
+def test_a_tablespace_short_of_space_is_refused_by_its_path_though_the_data_directory_has_room() -> None:
+    # the measure of the run's disk guard before a start: the copy where the table lives, WAL in pg_wal
+    t = dataclasses.replace(T, volumes=(Volume("/data", 10**12, 0, True), Volume("/spc", T.total_bytes, T.total_bytes, False)))
+    a = assess(t, DB, W, CFG, last_success=None, now=1_000_000.0)
+    assert a.refusals == ["insufficient_disk"] and a.details["disk_path"] == "/spc"
+    roomy = dataclasses.replace(t, volumes=(t.volumes[0], Volume("/spc", int(1.2 * T.total_bytes), T.total_bytes, False)))
+    assert assess(roomy, DB, W, CFG, last_success=None, now=1_000_000.0).refusals == []
 
 
 def test_repacked_recently_is_refused_until_the_interval_has_passed() -> None:
@@ -115,7 +178,7 @@ def test_most_reclaimable_bytes_first() -> None:
 def test_a_table_the_rest_of_the_window_cannot_hold_is_refused() -> None:
     # 120 MiB at this node's 2 MiB/s is 60 s, x 1.5 margin = 90 s
     def refusals(seconds_left: float, throughput: float | None = 2 * MiB) -> list[str]:
-        return assess(T, DB, W, CFG, free_disk_bytes=10**12, last_success=None, now=1_000_000.0,
+        return assess(T, DB, W, CFG, last_success=None, now=1_000_000.0,
                       throughput=throughput, seconds_left=seconds_left).refusals
 
     assert refusals(89) == ["window_too_short"]
@@ -146,3 +209,33 @@ def test_a_damaged_rates_list_keeps_the_tables_history(tmp_path: Path) -> None:
     path.write_text('{"tables": {"db/public.a": {"last_success": 5.0}}, "rates": null}')
     h = History.load(path)
     assert h.last_success("db/public.a") == 5.0 and h.throughput() is None
+
+
+def test_dead_tuples_since_the_last_analyze_raise_the_statistics_estimate() -> None:
+    # reltuples says tight, but 70 % of the tuples counted since are dead
+    bloat, method = estimate_bloat(dataclasses.replace(T, heap_bytes=26 * MiB, dead_tuples=70, live_tuples=30))
+    assert (round(bloat, 2), method) == (0.7, "statistics")
+
+
+def test_a_failed_measurement_keeps_the_statistics_estimate_and_says_so() -> None:
+    bloat, method = estimate_bloat(dataclasses.replace(T, approx_failed="timeout"))
+    assert 0.7 < bloat < 0.8 and method == "statistics; pgstattuple_approx timeout"
+    assert _assess(dataclasses.replace(T, approx_failed="timeout")).eligible
+
+
+def test_only_the_best_ranked_tables_in_the_filters_are_measured() -> None:
+    def t(name: str, heap_mib: int, **kw: object) -> Assessment:
+        return _assess(dataclasses.replace(T, table=name, heap_bytes=heap_mib * MiB, **kw))  # type: ignore[arg-type]
+
+    items = [t("a", 100), t("b", 200), t("c", 150), t("d", 400), t("refused", 900, has_key=False),
+             t("tiny", 100, total_bytes=1), t("stale", 26), t("tried", 800)]
+    items[-1] = dataclasses.replace(items[-1], skip="tried")
+    assert [a.facts.table for a in to_measure(items, 3)] == ["d", "b", "c"]
+    # a statistics estimate under the ratio may be stale: such a table is still worth measuring
+    assert [a.facts.table for a in to_measure(items, 10)] == ["d", "b", "c", "a", "stale"]
+
+
+def test_a_table_under_an_exclusive_lock_is_refused_by_that_name_alone() -> None:
+    a = _assess(dataclasses.replace(T, locked=True, heap_bytes=0, total_bytes=0))
+    assert a.refusals == ["locked"] and not a.skip
+    assert _assess(dataclasses.replace(T, locked=True, schema="other")).skip == "excluded"

@@ -45,3 +45,77 @@ def test_a_torn_or_missing_file_starts_from_zero(tmp_path: Path) -> None:
     assert persist.load(path, LABELS).totals.series == {}
     path.write_bytes(persist.encode(state_with_calls(3))[:40])
     assert persist.load(path, LABELS).watermark is None
+
+
+def pgss_state(entries: int) -> persist.SamplerState:
+    from agent.sampler.deltas import Entries
+
+    st = state_with_calls(1)
+    e = Entries()
+    for i in range(entries):
+        v = [0.0] * NFIELDS
+        v[0], v[1], v[12] = float(i), i / 7, 0.1 * i
+        e.put((5, 10, 1_000_000_007 * i - 2**62, i % 2 == 0), (), v, 1.7e9 + i if i % 3 else float("nan"))
+    st.pgss.prev, st.pgss.stats_reset, st.pgss.dealloc = e, "2026-12-01 00:00:00+00", 4
+    return st
+
+
+def test_the_pgss_baseline_round_trips_packed(tmp_path: Path) -> None:
+    path = tmp_path / "sampler.json"
+    st = pgss_state(1000)
+    persist.save(path, st)
+    back = persist.load(path, LABELS).pgss
+    assert back.prev is not None and st.pgss.prev is not None
+    assert list(back.prev.index) == list(st.pgss.prev.index)
+    assert back.prev.vals == st.pgss.prev.vals
+    assert [x if x == x else None for x in back.prev.since] == [x if x == x else None for x in st.pgss.prev.since]
+    assert (back.stats_reset, back.dealloc) == ("2026-12-01 00:00:00+00", 4)
+
+
+def test_a_version_1_file_is_read_after_an_upgrade(tmp_path: Path) -> None:
+    path = tmp_path / "sampler.json"
+    st = pgss_state(3)
+    d = st.to_json()
+    d["version"] = 1
+    d["pgss"] = st.pgss.to_json()  # format 1: the baseline as a JSON list
+    path.write_text(json.dumps(d))
+    back = persist.load(path, LABELS)
+    assert back.pgss.prev is not None and len(back.pgss.prev) == 3
+    assert back.totals.series == st.totals.series
+
+
+def test_10k_statements_pack_into_a_small_file() -> None:
+    assert len(persist.encode(pgss_state(10_000))) < 600_000  # was ~3.9 MB of JSON numbers
+
+
+async def test_writes_are_held_to_the_byte_budget(tmp_path: Path) -> None:
+    """A state larger than the burst is written once, then held back: repeated changes do not
+    each rewrite the file. A clean stop (save) writes regardless."""
+    from agent.sampler.metrics import Health
+
+    h = Health()
+    w = persist.Writer(tmp_path / "sampler.json", h, budget=60_000, burst=1_000)
+    st = pgss_state(2000)
+    for _ in range(5):
+        w.changed()
+        await w.maybe_save(st)
+    size = (tmp_path / "sampler.json").stat().st_size
+    assert h.state_bytes_written == size and w.dirty
+    await w.save(st)
+    assert h.state_bytes_written == 2 * size and not w.dirty
+
+
+async def test_an_urgent_change_is_written_whatever_the_budget(tmp_path: Path) -> None:
+    """Consumed pg_stat_monitor buckets are written at once: a crash must not lose them."""
+    from agent.sampler.metrics import Health
+
+    h = Health()
+    w = persist.Writer(tmp_path / "sampler.json", h, budget=60_000, burst=0)
+    w.tokens = -1e9
+    st = state_with_calls(3)
+    w.changed()
+    await w.maybe_save(st)
+    assert h.state_bytes_written == 0 and w.dirty
+    w.changed(urgent=True)
+    await w.maybe_save(st)
+    assert h.state_bytes_written > 0 and not w.dirty and not w.urgent

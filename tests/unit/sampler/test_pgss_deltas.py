@@ -79,3 +79,35 @@ def test_state_of_another_field_count_reprimes_without_losing_the_rest() -> None
     back = PgssDeltas.from_json({"prev": [[list(K1), [1.0, 2.0]]], "stats_reset": "t0", "dealloc": 3})
     assert back.prev is None and back.stats_reset == "t0"
     assert back.apply(read((K1, 5)), "t0", 3).primed   # the next read primes: nothing double counted
+
+
+def read_since(key: Key, calls: float, since: float | None) -> Entries:
+    e = Entries(("datname",))
+    v = [0.0] * NFIELDS
+    v[0] = calls
+    user, db, qid, top = key
+    e.add_rows([(db, user, qid, top, "db", "u", *v, since)])
+    return e
+
+
+def test_a_new_stats_since_means_recreated_even_when_counters_went_up() -> None:
+    d = PgssDeltas()
+    d.apply(read_since(K1, 8, 1000.0), "t0", 0)
+    res = d.apply(read_since(K1, 12, 2000.0), "t0", 0)
+    assert res.recreated == 1 and calls(res) == {"111": 12}
+    assert calls(d.apply(read_since(K1, 15, 2000.0), "t0", 0)) == {"111": 3}
+
+
+def test_stats_since_survives_the_state_file() -> None:
+    d = PgssDeltas()
+    d.apply(read_since(K1, 8, 1000.0), "t0", 0)
+    back = PgssDeltas.from_json(json.loads(json.dumps(d.to_json())))
+    assert calls(back.apply(read_since(K1, 12, 2000.0), "t0", 0)) == {"111": 12}
+
+
+@pytest.mark.parametrize("key", [(10, 5, 111, True), (0, 0, 0, False), (2**32 - 1, 2**32 - 1, -(2**63), True),
+                                 (4294967295, 1, 2**63 - 1, False), (16384, 5, -8639341098027464141, True)])
+def test_an_entry_key_packs_into_one_int_and_back(key: Key) -> None:
+    from agent.sampler.deltas import pack_key, unpack_key
+
+    assert unpack_key(pack_key(key)) == key

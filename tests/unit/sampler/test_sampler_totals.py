@@ -73,7 +73,15 @@ def test_state_round_trips_through_json() -> None:
     t.set_bounds((0.001, float("inf")))
     t.add(Batch.of([row("a", 1, 1.0, resp=[1, 0])]), top_n=1, max_series=10)
     t.add_errors([("21", "42P01", 2)])
-    t.buckets_missed = 4
+    t.add_warnings([("25P01", 1)])
+    t.add_lost({"expired": 4, "reset": 1})
     back = Totals.from_json(json.loads(json.dumps(t.to_json())))
     assert back == t
     assert len(FIELDS) == NFIELDS
+
+
+def test_state_written_before_loss_reasons_keeps_its_missed_buckets_as_expired() -> None:
+    d = Totals(("d",)).to_json()
+    del d["buckets_lost"], d["warnings"]
+    d["buckets_missed"] = 3
+    assert Totals.from_json(d).buckets_lost == {"expired": 3}

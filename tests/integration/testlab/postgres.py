@@ -1,4 +1,5 @@
-"""A standalone PostgreSQL 15 (no Patroni) for the sampler, repack and archive tests.
+"""A standalone PostgreSQL (no Patroni) for the sampler, repack and archive tests: 15 from
+Debian by default, 17 or 18 from the lab wheels (`version=`, agent.lab.pgversions).
 
 initdb and the postmaster run as the lab user; the postmaster is our direct child (started with
 `postgres -D`, not `pg_ctl`), so stop() is SIGTERM/SIGKILL by PID like every other lab process.
@@ -13,15 +14,19 @@ from typing import Any
 
 import psycopg
 
-from agent.lab.patroni import PG_BIN_DIR, PG_HBA, PG_IDENT, SUPERUSER
+from agent.lab import pgversions
+from agent.lab.patroni import PG_HBA, PG_IDENT, SUPERUSER
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, lab_user
 from agent.lab.rundir import lab_subdir
 
 
 class PgInstance:
-    def __init__(self, run_dir: Path, name: str = "pg15", settings: dict[str, Any] | None = None) -> None:
-        self.name = name
+    def __init__(self, run_dir: Path, name: str | None = None, settings: dict[str, Any] | None = None,
+                 version: int | None = None) -> None:
+        self.version = pgversions.chosen(version)
+        self.bin_dir = pgversions.bin_dir(self.version)
+        self.name = name = name or f"pg{self.version}"
         self.dir = lab_subdir(run_dir, name)
         self.socket_dir = self.dir
         self.data_dir = self.dir / "data"
@@ -44,7 +49,7 @@ class PgInstance:
         self.log_path = run_dir / f"{name}.log"
         self.proc = Proc(
             name,
-            [str(PG_BIN_DIR / "postgres"), "-D", str(self.data_dir)],
+            [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)],
             self.log_path,
             as_lab_user=True,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
@@ -55,7 +60,7 @@ class PgInstance:
         user = lab_user()
         with open(self.log_path, "ab") as log:
             subprocess.run(
-                [str(PG_BIN_DIR / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "peer",
+                [str(self.bin_dir / "initdb"), "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "peer",
                  "--encoding=UTF8", "--locale=C.UTF-8", "--data-checksums"],
                 stdout=log, stderr=subprocess.STDOUT, check=True, timeout=60,
                 user=user, group=user, extra_groups=[] if user else None,

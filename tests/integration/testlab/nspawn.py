@@ -393,9 +393,14 @@ class Container:
     _seq = 0
 
     def __init__(
-        self, lower: Path, *, binds_ro: Mapping[Path, str] | None = None, log_dir: Path | None = None
+        self, lower: Path, *, binds_ro: Mapping[Path, str] | None = None, log_dir: Path | None = None,
+        bpf: bool = False,
     ) -> None:
+        """`bpf`: boot with the unified cgroup hierarchy and let the container's systemd load BPF
+        programs, so IPAddressDeny=/DevicePolicy= are enforced (measured: shared note
+        systemd-in-container.md); off, they are accepted but not enforced."""
         Container._seq += 1
+        self.bpf = bpf
         self.lower = lower
         self.binds_ro = dict(binds_ro or {})
         self.machine = f"pgna-{os.getpid()}-{Container._seq}"
@@ -451,9 +456,14 @@ class Container:
             f"--machine={self.machine}",
         ]
         argv += [f"--bind-ro={src}:{dst}" for src, dst in self.binds_ro.items()]
+        env = None
+        if self.bpf:
+            argv[1:1] = ["--system-call-filter=bpf", "--capability=CAP_BPF,CAP_PERFMON"]
+            env = {**os.environ, "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}
         with self.console_log.open("ab") as console:
             self.popen = subprocess.Popen(
                 argv,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
@@ -620,37 +630,38 @@ def booted(binds_ro: Mapping[Path, str] | None = None, log_dir: Path | None = No
 
 # ----------------------------------------------------------------------- the agent, installed as documented
 
-VENV = "/opt/pg-node-agent"
+CHECKOUT = "/mnt/pgna/checkout"
+DEPS = "/mnt/pgna/deps"
+# docs/installation.md's steps that put the agent on a node: the venv, the user, the unit. Step 1
+# (build the wheel) is agent_wheels(); steps 5 and 6 (config, start) are each test's own.
+INSTALL_STEPS = r"^### [234]\. "
 
 
-def install_agent(ct: Container, agent_dir: str, deps_dir: str) -> None:
-    """docs/installation.md, section "Offline install": user, venv from the distro python3, wheels."""
-    if ct.run(["getent", "passwd", "postgres"], check=False).returncode != 0:
-        ct.run(
-            [
-                "useradd",
-                "--system",
-                "--user-group",
-                "--home-dir",
-                "/var/lib/postgresql",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "postgres",
-            ]
-        )
-    ct.run(["python3", "-m", "venv", VENV], timeout=120)
+def agent_binds(repo: Path, agent_dir: Path, deps_dir: Path) -> dict[Path, str]:
+    """Read-only binds for install_agent(): the parts of a checkout the page's steps read (the
+    unit, the docs), with the built wheel as its `dist/`, and the dependencies' wheels."""
+    return {
+        agent_dir: f"{CHECKOUT}/dist",
+        repo / "systemd": f"{CHECKOUT}/systemd",
+        repo / "README.md": f"{CHECKOUT}/README.md",
+        repo / "docs": f"{CHECKOUT}/docs",
+        deps_dir: DEPS,
+    }
+
+
+def install_agent(ct: Container, repo: Path) -> None:
+    """Run docs/installation.md's own ```sh blocks of INSTALL_STEPS in the container (read by
+    .ci/walkthrough, as .ci/newcomer reads them), in the checkout agent_binds() mounted. The
+    machine has no network: pip finds the dependencies in the bound wheel directory, as the
+    page's offline install does (PIP_NO_INDEX/PIP_FIND_LINKS are pip's own settings for it)."""
+    r = _run(["bash", str(repo / ".ci/walkthrough"), INSTALL_STEPS], timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError(f".ci/walkthrough {INSTALL_STEPS!r} failed: {r.stderr}")
+    steps = re.findall(r"^echo 'walkthrough: block \d+ \(### (\d)\.", r.stdout, re.M)
+    if steps != ["2", "3", "4"]:
+        raise RuntimeError(f"docs/installation.md: expected one sh block in each of steps 2-4, got {steps}")
     ct.run(
-        [
-            f"{VENV}/bin/pip",
-            "install",
-            "--quiet",
-            "--no-index",
-            "--find-links",
-            agent_dir,
-            "--find-links",
-            deps_dir,
-            "pg-node-agent",
-        ],
-        timeout=300,
+        ["env", "-C", CHECKOUT, "bash", "-euxo", "pipefail", "-c", r.stdout],
+        timeout=600,
+        env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": DEPS, "DEBIAN_FRONTEND": "noninteractive"},
     )
