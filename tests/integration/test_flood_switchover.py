@@ -20,11 +20,11 @@ from typing import Any
 
 import bcrypt
 import pytest
+from flood import Flood
 
 from agent.lab.agents import Agent
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import Etcd
-from agent.lab.flood import Flood
 from agent.lab.procs import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

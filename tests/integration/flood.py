@@ -1,7 +1,7 @@
 """A hostile client for the agent's HTTP port, on loopback and bounded: it holds `holders`
 idle connections (re-opening those the agent closes, at most `reopen_rate` a second) and sends
 `rate` wrong-password requests a second over `workers` keep-alive connections. It runs in a
-process of its own (`python -m agent.lab.flood`), so neither its load nor the GIL slows the test
+process of its own (this file run as a script), so neither its load nor the GIL slows the test
 or bench script that drives the lab and probes the agent meanwhile; its figures come back as
 JSON on its stdout when it is stopped (SIGTERM).
 """
@@ -37,7 +37,7 @@ class Flood:
 
     def __init__(self, port: int, *, holders: int = 5000, rate: float = 1000.0, workers: int = 100,
                  reopen_rate: float = 200.0, user: str = "prom", password: str = "wrong") -> None:  # noqa: S107
-        self.argv = [sys.executable, "-m", "agent.lab.flood", "--port", str(port), "--holders", str(holders),
+        self.argv = [sys.executable, __file__, "--port", str(port), "--holders", str(holders),
                      "--rate", str(rate), "--workers", str(workers), "--reopen-rate", str(reopen_rate),
                      "--user", user, "--password", password]
         self.stats = FloodStats()
@@ -173,7 +173,7 @@ def main() -> None:
     f = _Flooder(a.port, holders=a.holders, rate=a.rate, workers=a.workers, reopen_rate=a.reopen_rate,
                  user=a.user, password=a.password)
     asyncio.run(f.run())
-    print(json.dumps({**asdict(f.stats), "answers": dict(f.stats.answers)}), flush=True)
+    print(json.dumps({**asdict(f.stats), "answers": dict(f.stats.answers)}), flush=True)  # noqa: T201 (read by Flood.stop)
 
 
 if __name__ == "__main__":
