@@ -2,7 +2,7 @@
 """The agent under a connection and auth flood: descriptors, CPU, RSS and /health latency.
 
 Starts a real etcd (lab) and a real agent process (basic auth with a production-cost bcrypt
-hash), measures it idle, then while `Flood` (tests/integration/flood.py) holds N idle connections (default
+hash), measures it idle, then while `Flood` (tests/integration/testlab/flood.py) holds N idle connections (default
 5,000; the agent evicts the quietest past its cap, the flood re-opens them at most 200 a second)
 and sends wrong-password requests (default ~1,000 a second), then after. Every second it reads
 the agent's /proc/<pid>/fd count, CPU time and VmRSS, and times a /health with good credentials
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the flood client lives with the lab tests
 
-from flood import Flood  # noqa: E402
+from testlab.flood import Flood  # noqa: E402
 
 from agent.lab.etcd import Etcd  # noqa: E402
 from agent.lab.ports import free_port  # noqa: E402

@@ -20,7 +20,7 @@ from typing import Any
 
 import bcrypt
 import pytest
-from flood import Flood
+from testlab.flood import Flood
 
 from agent.lab.agents import Agent
 from agent.lab.cluster import Cluster
