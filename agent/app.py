@@ -8,6 +8,7 @@ import anyio
 
 from agent.archive import component as archive
 from agent.cluster import component as cluster
+from agent.core import conns
 from agent.core import logging as logmod
 from agent.core.config import Config
 from agent.core.context import Context
@@ -25,6 +26,7 @@ def components(ctx: Context) -> list[Component]:
 
 def run(cfg: Config) -> int:
     logmod.setup(cfg.logging.level, cfg.logging.format)
+    conns.raise_nofile()
     ctx = Context.create(cfg)
     sup = Supervisor(ctx, components(ctx), Notifier())
     # What start-up loaded (modules, config, a restored sampler state) lives as long as the

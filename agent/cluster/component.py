@@ -8,6 +8,7 @@ from agent.cluster import hooks, patroni_api, pg_role
 from agent.cluster.watch import ClusterWatch
 from agent.cluster.watchdog.feeder import Feeder, WatchdogMetrics
 from agent.core.context import Context
+from agent.core.events import DcsAvailability, PatroniObserved, PostgresAvailability, Role
 from agent.core.supervisor import Component
 from agent.etcd.client import Etcd
 from agent.etcd.keys import Keys
@@ -23,9 +24,11 @@ def components(ctx: Context) -> list[Component]:
     feeder = Feeder(ctx, WatchdogMetrics(ctx.registry))
     ctx.status_sections["watchdog"] = feeder.status
     comps = [
-        Component("cluster_watch", watch.run),
-        Component("patroni_api", patroni_api.run),
-        Component("pg_role", pg_role.run),
+        Component("cluster_watch", watch.run,
+                  on_stop=(DcsAvailability(up=False, endpoint="", reason="cluster_watch not running"),)),
+        Component("patroni_api", patroni_api.run, on_stop=(PatroniObserved(up=False, role=Role.UNKNOWN),)),
+        Component("pg_role", pg_role.run,
+                  on_stop=(PostgresAvailability(up=False, reason="pg_role not running"),)),
         Component("watchdog", feeder.run),
     ]
     if cfg.hooks:

@@ -7,21 +7,20 @@ Scrapes only render memory: collectors read NodeState and the jobs' counters, ne
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
+import resource
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 import anyio.abc
-import bcrypt
 import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from agent.core import conns
+from agent.core.auth import Authenticator, Verdict
 from agent.core.context import CachedMetrics
 
 log = structlog.get_logger("http")
@@ -40,8 +39,7 @@ class Api:
         self._rendered: dict[tuple[int, str], tuple[int, bytes]] = {}
         self.health = health
         self.status = status
-        self.users = users
-        self._verified: set[bytes] = set()  # digests of credentials already checked (bcrypt is slow)
+        self.auth = Authenticator(users) if users else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -55,10 +53,16 @@ class Api:
         if scope["type"] != "http":
             return
         headers = {k.decode().lower(): v.decode(errors="replace") for k, v in scope["headers"]}
-        if self.users and not await self._authorized(headers.get("authorization", "")):
-            await _respond(send, 401, b"unauthorized\n", "text/plain",
-                           [(b"www-authenticate", b'Basic realm="pg-node-agent"')])
-            return
+        if self.auth is not None:
+            verdict = await self.auth.check(headers.get("authorization", ""))
+            if verdict is Verdict.THROTTLED:
+                await _respond(send, 429, b"too many authentication attempts\n", "text/plain",
+                               [(b"retry-after", b"1")])
+                return
+            if verdict is not Verdict.OK:
+                await _respond(send, 401, b"unauthorized\n", "text/plain",
+                               [(b"www-authenticate", b'Basic realm="pg-node-agent"')])
+                return
         if scope["method"] not in ("GET", "HEAD"):
             await _respond(send, 405, b"method not allowed\n", "text/plain")
             return
@@ -88,27 +92,6 @@ class Api:
             parts = [p.removesuffix(eof) for p in parts] + [eof]
         return b"".join(parts), ctype
 
-    async def _authorized(self, header: str) -> bool:
-        if not header.startswith("Basic "):
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        stored = self.users.get(user)
-        if stored is None:
-            return False
-        digest = hashlib.sha256(f"{user}\0{password}\0{stored}".encode()).digest()
-        if digest in self._verified:
-            return True
-        if stored.startswith("sha256:"):
-            ok = hmac.compare_digest(hashlib.sha256(password.encode()).hexdigest(), stored[7:])
-        else:  # bcrypt is deliberately slow: keep it off the event loop
-            ok = await anyio.to_thread.run_sync(bcrypt.checkpw, password.encode(), stored.encode())
-        if ok:
-            self._verified.add(digest)
-        return ok
-
 
 def _json(body: Any) -> bytes:
     return json.dumps(body, default=str, sort_keys=True).encode() + b"\n"
@@ -121,38 +104,52 @@ async def _respond(send: Send, code: int, body: bytes, ctype: str,
     await send({"type": "http.response.body", "body": body})
 
 
-def bind(listen: str) -> socket.socket:
-    """Bind before serving so a busy port fails at start with a clear message."""
+KEEP_ALIVE = 5.0  # seconds an idle connection (or one that never sends a request) is kept
+READ_TIMEOUT = 10  # seconds for each read once a request has started (a trickling client)
+
+
+def bind(listen: str, nofile: int | None = None) -> conns.Listener:
+    """Bind before serving so a busy port fails at start with a clear message. The listener
+    holds at most `conns.connection_cap(nofile)` connections (see conns)."""
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = conns.Listener(family, socket.SOCK_STREAM)
+    sock.gate = conns.Gate(conns.connection_cap(nofile or resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, int(port)))
-    sock.listen(128)
+    sock.listen()
     sock.setblocking(False)
     return sock
 
 
 async def serve(app: Api, sock: socket.socket, certfile: str = "", keyfile: str = "", *,
                 task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-    from hypercorn.asyncio import serve as hyper_serve
+    from hypercorn.asyncio.run import worker_serve
     from hypercorn.config import Config as HyperConfig
+    from hypercorn.config import Sockets
+    from hypercorn.utils import wrap_app
 
     hc = HyperConfig()
-    hc.bind = [f"fd://{sock.fileno()}"]
     hc.accesslog = None
     hc.errorlog = None
     hc.graceful_timeout = 1.0
-    hc.keep_alive_timeout = 30
+    hc.backlog = conns.ACCEPT_BATCH  # asyncio accepts this many per loop turn (the kernel queue is deeper)
+    hc.keep_alive_timeout = KEEP_ALIVE
+    hc.read_timeout = READ_TIMEOUT
+    hc.ssl_handshake_timeout = KEEP_ALIVE  # Hypercorn's 60 s would let a silent TLS client sit
     if certfile:
         hc.certfile, hc.keyfile = certfile, keyfile
+    # our listener itself, not an fd:// bind (that would wrap the fd in a plain socket)
+    sockets = Sockets([sock], [], []) if certfile else Sockets([], [sock], [])
     stop = anyio.Event()
 
     async def _serve() -> None:
-        # Hypercorn stops through its shutdown trigger, not through cancellation.
+        # Hypercorn stops through its shutdown trigger, not through cancellation; it closes
+        # the listener it was handed.
+        asgi = wrap_app(app, hc.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
         with anyio.CancelScope(shield=True):
-            await hyper_serve(app, hc, shutdown_trigger=stop.wait, mode="asgi")  # type: ignore[arg-type]
+            await worker_serve(asgi, hc, sockets=sockets, shutdown_trigger=stop.wait)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(_serve)
@@ -161,4 +158,3 @@ async def serve(app: Api, sock: socket.socket, certfile: str = "", keyfile: str 
             await anyio.sleep_forever()
         finally:
             stop.set()
-            sock.detach()  # Hypercorn owns (and closes) the fd it was handed

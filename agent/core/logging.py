@@ -12,6 +12,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
+from agent.core.logthrottle import Throttle, route_stdlib
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -39,6 +41,7 @@ def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
         structlog.contextvars.merge_contextvars,
         add_component,
         structlog.processors.add_log_level,
+        Throttle(),
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if console:
@@ -53,3 +56,4 @@ def setup(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
         logger_factory=lambda *args: _NamedPrintLogger(out, str(args[0]) if args else ""),
         cache_logger_on_first_use=False,
     )
+    route_stdlib()

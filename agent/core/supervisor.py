@@ -9,6 +9,7 @@ restarted with exponential backoff; only a signal or a bad config ends the proce
 
 from __future__ import annotations
 
+import resource
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from agent import __version__
 from agent.core import config as config_mod
 from agent.core import http
 from agent.core.context import Context
+from agent.core.events import Event
 from agent.core.metrics import CoreMetrics, StateCollector
 from agent.core.sdnotify import Notifier
 
@@ -36,6 +38,9 @@ class Component:
     name: str
     run: RunFn  # async def run(ctx: Context, *, task_status) -> None
     heartbeat_timeout: float | None = None
+    # published when it stops: the facts only it observes become unknown (a dead watch must not
+    # leave dcs_up and the leader it last saw behind, keeping confirmed_primary true)
+    on_stop: tuple[Event, ...] = ()
 
 
 # Read once at start (a connection, a socket, a component that exists or not, a heartbeat timeout):
@@ -114,8 +119,12 @@ class Supervisor:
         sock = http.bind(cfg.http.listen)
         api = http.Api(self.ctx.registry, self.health_view, self.status_view, cfg.http.basic_auth_users,
                        self.ctx.cached_metrics)
+        self.ctx.status_sections["http"] = lambda: {
+            "connections": sock.gate.stats(),
+            "auth": {"hashed": api.auth.hashed, "throttled": api.auth.throttled} if api.auth else None}
         log.info("agent_starting", version=__version__, config=cfg.source, node=cfg.node.name,
-                 listen=cfg.http.listen)
+                 listen=cfg.http.listen, nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                 http_max_connections=sock.gate.cap)
         async with anyio.create_task_group() as root:
             self._root = root.cancel_scope
             root.start_soon(self._signals, root.cancel_scope)
@@ -157,7 +166,9 @@ class Supervisor:
                 h.last_error = f"{type(e).__name__}: {e}"[:300]
             finally:
                 h.up = False
-                self.ctx.liveness.unregister(comp.name)  # backing off is not being wedged
+                self.ctx.liveness.stopped(comp.name)
+                for ev in comp.on_stop:
+                    self.ctx.publish(ev)
             started.set()
             h.restarts += 1
             self.metrics.restarts.labels(comp.name).inc()
@@ -212,10 +223,11 @@ class Supervisor:
                 f"dcs={'up' if s.dcs_up else 'down'} postgres={'up' if s.postgres_up else 'down'}")
 
     def health_view(self) -> tuple[bool, dict[str, Any]]:
+        """503 while a component is wedged (stale) or not running (down)."""
         stale = self.ctx.liveness.stale()
-        ok = not stale
-        return ok, {"status": "ok" if ok else "stale", "stale_components": stale,
-                    "down_components": sorted(n for n, h in self.health.items() if not h.up)}
+        down = sorted(n for n, h in self.health.items() if not h.up)
+        status = "down" if down else "stale" if stale else "ok"
+        return status == "ok", {"status": status, "stale_components": stale, "down_components": down}
 
     def status_view(self) -> dict[str, Any]:
         ages = self.ctx.liveness.ages()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -28,7 +29,9 @@ class AgentProc:
         env: dict[str, str] | None = None,
         name: str = "node1",
         scope: str = "demo",
+        nofile: tuple[int, int] | None = None,
     ) -> None:
+        self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE the agent starts with
         self.port = free_port()
         self.run_dir = run_dir
         self.config = run_dir / f"agent-{name}-{self.port}.toml"
@@ -48,6 +51,14 @@ class AgentProc:
             f'[http]\nlisten = "127.0.0.1:{self.port}"\n[logging]\nformat = "json"\n' + extra
         )
 
+    def _limits(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
+
+    def fds(self) -> int:
+        assert self.p is not None
+        return len(os.listdir(f"/proc/{self.p.pid}/fd"))
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -59,6 +70,7 @@ class AgentProc:
             env=self.env,
             stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
+            preexec_fn=self._limits if self.nofile else None,
         )
         if wait:
             wait_until(lambda: self.get("/health")[0] in (200, 503), 20, "agent /health", detail=self.tail)

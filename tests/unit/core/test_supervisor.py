@@ -85,6 +85,39 @@ async def test_ready_is_sent_even_when_a_component_never_starts() -> None:
             tg.cancel_scope.cancel()
 
 
+async def test_a_stopped_component_is_down_in_health_and_its_facts_become_unknown() -> None:
+    from agent.core.events import DcsAvailability, LeaderChanged
+
+    ctx = make_ctx()
+    crash = anyio.Event()
+
+    async def watch(ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        ctx.publish(DcsAvailability(up=True, endpoint="e"))
+        ctx.publish(LeaderChanged(leader="n1", previous=None, revision=5))
+        task_status.started()
+        await crash.wait()
+        raise RuntimeError("boom")
+
+    comp = Component("cluster_watch", watch, heartbeat_timeout=0.2,
+                     on_stop=(DcsAvailability(up=False, endpoint="", reason="cluster_watch not running"),))
+    sup = Supervisor(ctx, [comp], Notifier(""), backoff_max=60)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sup.run)
+            while not sup.ready:
+                await anyio.sleep(0.01)
+            assert sup.health_view()[0] and ctx.state.current.dcs_up
+            crash.set()
+            while sup.health["cluster_watch"].up:
+                await anyio.sleep(0.01)
+            ok, body = sup.health_view()
+            assert not ok and body["down_components"] == ["cluster_watch"] and body["status"] == "down"
+            assert not ctx.state.current.dcs_up and ctx.state.current.leader_view.value == "unknown"
+            await anyio.sleep(0.3)  # backing off past its heartbeat timeout: the watchdog sees it too
+            assert ctx.liveness.stale() == ["cluster_watch"] and ctx.liveness.down() == ["cluster_watch"]
+            tg.cancel_scope.cancel()
+
+
 def _cfg(**sections: object) -> Config:
     return parse({"node": {"name": "n1"}, "etcd": {"scope": "s"}, **sections})
 
