@@ -14,25 +14,10 @@ from agent.cluster.wake import Waker
 from agent.core.config import ConfigError
 from agent.core.context import Context
 from agent.core.events import PatroniObserved, Role
+from agent.core.patroni import parse_patroni
 from agent.core.tls import patroni_context
 
 log = structlog.get_logger("patroni_api")
-
-_ROLES = {"primary": Role.PRIMARY, "master": Role.PRIMARY, "replica": Role.REPLICA,
-          "standby_leader": Role.STANDBY_LEADER, "standby-leader": Role.STANDBY_LEADER}
-
-
-def parse_patroni(body: dict[str, Any]) -> PatroniObserved:
-    role = _ROLES.get(str(body.get("role", "")), Role.UNKNOWN)
-    if body.get("state") not in ("running", "streaming", "in archive recovery"):
-        role = Role.UNKNOWN if body.get("state") in ("stopped", "crashed", "starting", None) else role
-    tl = body.get("timeline")
-    return PatroniObserved(up=True, role=role, state=str(body.get("state", "")),
-                           timeline=int(tl) if isinstance(tl, int) else None,
-                           paused=bool(body.get("pause", False)),
-                           cluster_unlocked=bool(body.get("cluster_unlocked", False)),
-                           failsafe_active=bool(body.get("failsafe_mode_is_active", False)))
-
 
 def describe(e: BaseException, url: str) -> str:
     """One line naming what failed: the first cause with a message (httpx wraps TLS errors, and

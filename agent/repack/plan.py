@@ -16,7 +16,6 @@ import anyio
 import httpx
 import psycopg
 
-from agent.cluster.patroni_api import parse_patroni
 from agent.core import pg
 from agent.core.config import Config
 from agent.core.events import (
@@ -28,6 +27,7 @@ from agent.core.events import (
     PostgresAvailability,
     Role,
 )
+from agent.core.patroni import parse_patroni
 from agent.core.state import NodeState, reduce
 from agent.core.tls import patroni_context
 from agent.etcd.client import Etcd, EtcdUnavailable
