@@ -19,6 +19,7 @@ import anyio
 import psycopg
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from sampler_loop import run_sampler_until
 from testlab.postgres import PgInstance
 
 from agent.core import config as config_mod
@@ -293,21 +294,6 @@ async def test_new_system_identifier_reprimes_without_negative_or_doubled_increm
     assert per_queryid(s)[QID["select_accounts"]] <= full[QID["select_accounts"]]  # never doubled
 
 
-async def run_until(ctx: Context, done: Any, limit: float = 15) -> Sampler:
-    """The sampler's real run loop (supervised task, backoff and all) until `done(sampler)`."""
-    (comp,) = components(ctx)
-    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
-    ctx.liveness.register("sampler")
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(10):
-            await tg.start(comp.run, ctx)
-        with anyio.fail_after(limit):
-            while not done(sampler):
-                await anyio.sleep(0.05)
-        tg.cancel_scope.cancel()
-    return sampler
-
-
 @pytest.mark.parametrize("source", ["auto", "pg_stat_monitor"])
 async def test_pgsm_not_preloaded_is_a_read_failure_and_auto_falls_back_to_pgss(
     pg15: PgInstance, tmp_path: Path, source: str
@@ -320,11 +306,11 @@ async def test_pgsm_not_preloaded_is_a_read_failure_and_auto_falls_back_to_pgss(
         c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
     ctx = make_ctx(pg15, "pgsm_unloaded", tmp_path, source=source, interval="200ms")
     if source == "auto":
-        s = await run_until(ctx, lambda s: s.health.source == "pg_stat_statements" and s.health.reads >= 1)
+        s = await run_sampler_until(ctx, lambda s: s.health.source == "pg_stat_statements" and s.health.reads >= 1, limit=15)
         assert s.health.fallback is not None and "shared_preload_libraries" in s.health.fallback
         assert s.unavailable is None
     else:
-        s = await run_until(ctx, lambda s: s.health.read_failures["error"] >= 2)  # retried, not crashed
+        s = await run_sampler_until(ctx, lambda s: s.health.read_failures["error"] >= 2, limit=15)  # retried, not crashed
         assert s.unavailable is not None and "shared_preload_libraries" in s.unavailable
         assert s.health.source is None or s.health.source == "pg_stat_monitor"
     status = ctx.status_sections["sampler"]()
@@ -345,7 +331,7 @@ async def test_a_read_past_statement_timeout_is_a_timeout_not_an_outage(
     with admin_conn(pg15, replay_db) as blocker:
         blocker.autocommit = False
         blocker.execute("LOCK TABLE pgsm_standin.entries IN ACCESS EXCLUSIVE MODE")  # the read waits
-        s = await run_until(ctx, lambda s: s.health.read_failures["timeout"] >= 1)
+        s = await run_sampler_until(ctx, lambda s: s.health.read_failures["timeout"] >= 1, limit=15)
         blocker.rollback()
     assert s.unavailable is not None and s.unavailable.startswith("read timed out (statement_timeout)")
     assert s.health.postgres_outages == 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
+from sampler_loop import run_sampler_until
 from structlog.testing import capture_logs
 from testlab.postgres import PgInstance
 
@@ -66,21 +67,6 @@ def workload(pg: PgInstance, inserts: int, selects: int) -> tuple[str, str]:
         ).fetchall()
     ids = {("insert" if q.startswith("INSERT") else "select"): qid for qid, q in rows}
     return ids["insert"], ids.get("select", "")
-
-
-async def run_sampler_until(ctx: Context, done: Callable[[Sampler], bool]) -> Sampler:
-    """The sampler's real run loop, in a task group of the test, until `done(sampler)` (10 s at most)."""
-    (comp,) = components(ctx)
-    sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
-    ctx.liveness.register("sampler")
-    async with anyio.create_task_group() as tg:
-        with anyio.fail_after(10):
-            await tg.start(comp.run, ctx)
-        with anyio.fail_after(10):
-            while not done(sampler):
-                await anyio.sleep(0.05)
-        tg.cancel_scope.cancel()
-    return sampler
 
 
 def calls(ctx: Context, qid: str) -> float:
