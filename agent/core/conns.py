@@ -149,5 +149,9 @@ class Listener(socket.socket):
             conn = Conn(self.family, self.type, self.proto, fileno=fd)
             conn.gate = self.gate
             if self.gate.admit(conn):
+                if self.family in (socket.AF_INET, socket.AF_INET6):
+                    # asyncio sets TCP_NODELAY only when proto is IPPROTO_TCP (ours is 0): without
+                    # it Nagle and delayed ACKs held every /metrics answer ~40 ms (bench/README.md)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 return conn, addr
             socket.socket.close(conn)  # over cap + slack: drop it, take the next one

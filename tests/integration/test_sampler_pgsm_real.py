@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sampler_loop import run_sampler_until
 from testlab.postgres import PgInstance
 
 from agent.core import config as config_mod
@@ -35,7 +36,6 @@ from agent.lab.procs import wait_until
 from agent.sampler.pg_stat_monitor import COLUMNS, LABEL_SQL, build_select
 from tests.integration.agentproc import AgentProc
 from tests.integration.pgsm_standin import loader
-from tests.integration.test_sampler_pgsm import run_until
 
 LIBDIR = PG_BIN_DIR.parent / "lib"
 SHAREDIR = Path("/usr/share/postgresql") / PG_BIN_DIR.parent.name / "extension"
@@ -220,6 +220,16 @@ class Bench:
         return t
 
 
+def assert_exact_but_for_rotation_race(got: dict[str, float], n: int, seconds: float, clients: int = 2) -> None:
+    """Every statement ran `n` times. The agent reads each finished bucket once, so it never counts
+    more; pg_stat_monitor 2.3.2 itself can drop an execution that straddles a bucket rotation
+    (pgsm_store resets the entry when the bucket id changes; seen as 500 held for 502 run, see
+    shared/notes/pg-stat-monitor-real.md), at most one per client per rotation. A shortfall
+    larger than that, or any surplus, is the agent's."""
+    bound = clients * (math.ceil(seconds / BT) + 1)
+    assert all(0 <= n - v <= bound for v in got.values()), (got, n, bound)
+
+
 def send_errors(pg: PgInstance, div0: int, missing: int, warnings: int, spread: float) -> None:
     """Counted failing statements, interleaved over `spread` seconds: 22012, 42P01, and COMMIT
     outside a transaction (a WARNING, 25P01)."""
@@ -291,7 +301,7 @@ def test_real_extension_counts_equal_pgbench_and_losses_are_counted_by_reason(
         m1 = a.samples()
         n1 = bench.count("p1")
         got1 = calls_by_q(m1, q)
-        assert got1 == dict.fromkeys(q, float(n1)), (got1, n1)
+        assert_exact_but_for_rotation_race(got1, n1, 8)
         assert value(m1, "pgnode_query_errors_total", elevel="21", sqlcode="22012") == 30
         assert value(m1, "pgnode_query_errors_total", elevel="21", sqlcode="42P01") == 20
         assert value(m1, "pgnode_query_warnings_total", sqlcode="25P01") == 10
@@ -333,7 +343,7 @@ def test_real_extension_counts_equal_pgbench_and_losses_are_counted_by_reason(
         m3 = a.samples()
         n3 = bench.count("p3")
         got3 = {k: v - got1[k] - got2[k] for k, v in calls_by_q(m3, q).items()}
-        assert got3 == dict.fromkeys(q, float(n3)), (got3, n3)
+        assert_exact_but_for_rotation_race(got3, n3, 6)
         assert value(m3, "pgnode_query_buckets_lost_total", reason="restart") == restart_lost
         assert value(m3, "pgnode_sampler_source_resets_total", kind="server_restart") == 1
         figures.append(f"phase3 after restart: pgbench {n3} tx; calls {got3}; lost buckets restart={restart_lost}")
@@ -350,7 +360,7 @@ def test_real_extension_counts_equal_pgbench_and_losses_are_counted_by_reason(
         n4 = bench.count("p4")
         base = calls_by_q(m3, q)
         got4 = {k: v - base[k] for k, v in calls_by_q(m4, q).items()}
-        assert got4 == dict.fromkeys(q, float(n4)), (got4, n4)
+        assert_exact_but_for_rotation_race(got4, n4, 10)
         assert value(m4, "pgnode_query_buckets_lost_total", reason="expired") == 0
         figures.append(f"phase4 agent kill -9 (down 5 s < {BT * MB} s retention): pgbench {n4} tx; calls {got4}")
 
@@ -369,7 +379,7 @@ def test_real_extension_counts_equal_pgbench_and_losses_are_counted_by_reason(
         n5a, n5b = bench.count("p5a"), bench.count("p5b")
         base = calls_by_q(m4, q)
         got5 = {k: v - base[k] for k, v in calls_by_q(m5, q).items()}
-        assert got5 == dict.fromkeys(q, float(n5b)), (got5, n5a, n5b)
+        assert_exact_but_for_rotation_race(got5, n5b, 3)
         expired = value(m5, "pgnode_query_buckets_lost_total", reason="expired")
         spanned = math.floor(a_end / BT) - math.floor(killed / BT) + 1  # buckets pgbench p5a ran in
         assert spanned <= expired <= (server_now(pgsm) - killed) / BT + 1, (expired, spanned)
@@ -400,7 +410,8 @@ async def test_real_extension_created_but_not_preloaded_falls_back_to_pgss(pg15:
                      "dbname": "pgsm_unloaded_real"},
         "sampler": {"interval": "200ms", "labels": ["datname"]}})
     ctx = Context.create(cfg)
-    s = await run_until(ctx, lambda s: s.health.source == "pg_stat_statements" and s.health.reads >= 1)
+    s = await run_sampler_until(ctx, lambda s: s.health.source == "pg_stat_statements" and s.health.reads >= 1,
+                                limit=15)
     assert s.health.fallback is not None and "shared_preload_libraries" in s.health.fallback
     assert s.health.read_failures == {"error": 1, "timeout": 0}
     assert s.health.postgres_outages == 0

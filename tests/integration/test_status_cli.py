@@ -169,7 +169,7 @@ def test_every_status_key_is_documented(cluster: Cluster, run_dir: Path, etcd: E
             agents.agents[0].status()), DEADLINE, "the sampler has read once")
         assert isinstance(body, dict)
         keys = set(body)
-        for section in ("state", "cluster_watch", "watchdog", "sampler", "repack", "archive"):
+        for section in ("state", "cluster_watch", "watchdog", "sampler", "repack", "archive", "http"):
             keys |= set(body[section])
         keys |= {k for c in body["components"].values() for k in c}
         missing = sorted(k for k in keys if f"`{k}`" not in doc)

@@ -125,3 +125,22 @@ async def test_a_request_in_flight_outlives_a_burst_of_idle_holders() -> None:
             for c in holders:
                 c.close()
             tg.cancel_scope.cancel()
+
+
+async def test_a_large_answer_is_not_held_back_by_nagle_and_delayed_acks() -> None:
+    """A keep-alive client asking for a body of several segments got each answer ~40 ms late
+    (Nagle's algorithm waiting for the client's delayed ACK) until accepted sockets had
+    TCP_NODELAY; the accepted socket itself is checked, not a timing."""
+    sock = http.bind("127.0.0.1:0", nofile=300)
+    a, _ = api()
+    async with anyio.create_task_group() as tg:
+        await tg.start(http.serve, a, sock)
+        c = socket.create_connection(sock.getsockname())
+        try:
+            while not sock.gate.open:
+                await anyio.sleep(0.01)
+            (conn,) = sock.gate.open.values()
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            c.close()
+            tg.cancel_scope.cancel()
