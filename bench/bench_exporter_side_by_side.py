@@ -153,6 +153,29 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def new_pg(run: Path, n: int) -> PgInstance:
+    """A PostgreSQL 15 whose pg_stat_statements keeps N entries plus the agent's/exporter's/setup's
+    own, never evicted (not started)."""
+    return PgInstance(run, settings={"pg_stat_statements.max": max(5000, 2 * n + 1000), "max_connections": 50})
+
+
+def prepare(pg: PgInstance, n: int) -> None:
+    """The extension, the 100-column table, and one call of each of the N distinct statements."""
+    cols = sql.SQL(", ").join(sql.SQL("{} int").format(sql.Identifier(f"c{i}")) for i in range(COLUMNS))
+    with pg.connect() as c:
+        c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        c.execute(sql.SQL("CREATE TABLE bench_t ({})").format(cols))
+        got_max = c.execute("SELECT current_setting('pg_stat_statements.max')").fetchone()
+    t = time.perf_counter()
+    fill(pg, n)
+    with pg.connect() as c:
+        row = c.execute("SELECT count(*), (SELECT dealloc FROM pg_stat_statements_info) "
+                        "FROM pg_stat_statements").fetchone()
+    assert row is not None and got_max is not None
+    print(f"PostgreSQL {pg.version} {pg.socket_dir} port {pg.port}: pg_stat_statements.max={got_max[0]}, "
+          f"{row[0]} entries after filling N={n} in {time.perf_counter() - t:.1f}s, dealloc={row[1]}", flush=True)
+
+
 def fill(pg: PgInstance, n: int) -> None:
     """One call of each of the N distinct statements, in one session (pipelined)."""
     with pg.connect() as c, c.pipeline():
@@ -442,27 +465,13 @@ def main() -> int:
     args = ap.parse_args()
     if not 1 <= args.n <= COLUMNS * COLUMNS:
         ap.error(f"--n must be within 1..{COLUMNS * COLUMNS}")
-    pgss_max = max(5000, 2 * args.n + 1000)  # N plus the agent's/exporter's/setup's own, never evicted
     run = new_run_dir("pgna-bench-side-")
-    pg = PgInstance(run, settings={"pg_stat_statements.max": pgss_max, "max_connections": 50})
+    pg = new_pg(run, args.n)
     procs: list[Proc] = []
     ok = False
     try:
         pg.start()
-        cols = sql.SQL(", ").join(sql.SQL("{} int").format(sql.Identifier(f"c{i}")) for i in range(COLUMNS))
-        with pg.connect() as c:
-            c.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-            c.execute(sql.SQL("CREATE TABLE bench_t ({})").format(cols))
-            got_max = c.execute("SELECT current_setting('pg_stat_statements.max')").fetchone()
-        t = time.perf_counter()
-        fill(pg, args.n)
-        with pg.connect() as c:
-            row = c.execute("SELECT count(*), (SELECT dealloc FROM pg_stat_statements_info) "
-                            "FROM pg_stat_statements").fetchone()
-        assert row is not None and got_max is not None
-        print(f"PostgreSQL 15 {pg.socket_dir} port {pg.port}: pg_stat_statements.max={got_max[0]}, "
-              f"{row[0]} entries after filling N={args.n} in {time.perf_counter() - t:.1f}s, dealloc={row[1]}")
-
+        prepare(pg, args.n)
         ok = args.lag_only or side_by_side(run, pg, args, procs)
         if args.lag_minutes > 0:
             lag = run_loop_lag(run, pg, args.n, args.lag_minutes)
