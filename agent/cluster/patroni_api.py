@@ -30,7 +30,9 @@ def describe(e: BaseException, url: str) -> str:
     first = next((c for c in chain if str(c).strip()), None)
     text = f"{type(first).__name__}: {first}" if first is not None else type(e).__name__
     cut = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError, BrokenPipeError, ConnectionResetError)
-    if url.startswith("https://") and "SSL" not in text and any(isinstance(c, cut) for c in chain):
+    if "CERTIFICATE_REQUIRED" in text:  # TLS 1.3 sends the alert after the handshake, on first read
+        text += " (the TLS server requires a client certificate: set patroni.cert_file and key_file)"
+    elif url.startswith("https://") and "SSL" not in text and any(isinstance(c, cut) for c in chain):
         text += (" (the TLS server closed the connection: does it require a client certificate "
                  "(patroni.cert_file) or refuse this one?)")
     return text

@@ -162,6 +162,9 @@ def test_patroni_error_names_the_tls_cause() -> None:
     assert "CERTIFICATE_VERIFY_FAILED" in describe(wrapped, "https://127.0.0.1:8008")
     assert "client certificate" in describe(httpx.ReadError(""), "https://127.0.0.1:8008")
     assert describe(httpx.ReadError(""), "http://127.0.0.1:8008") == "ReadError"
+    late = httpx.ReadError("")  # TLS 1.3: the refusal arrives as an alert on the first read
+    late.__cause__ = ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required")
+    assert "requires a client certificate" in describe(late, "https://127.0.0.1:8008")
 
 
 def test_credentials_go_over_https_to_the_members_own_address_only() -> None:
