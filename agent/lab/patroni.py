@@ -18,7 +18,7 @@ from typing import Any
 from agent.lab import http, pgversions
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, chown_to_lab_user, descendants, pid_alive, signal_pids, wait_until
-from agent.lab.rundir import lab_subdir
+from agent.lab.rundir import check_socket_dir, lab_subdir
 from agent.lab.tls import LabCA
 from agent.status import AGENT_TAG
 
@@ -62,7 +62,7 @@ class PatroniNode:
         self.name = name
         self.settings = settings
         self.dir = lab_subdir(run_dir, name)
-        self.socket_dir = self.dir
+        self.socket_dir = check_socket_dir(self.dir)
         self.data_dir = self.dir / "data"
         self.pg_port = free_port()
         self.rest_port = free_port()

@@ -2,7 +2,8 @@
 
 Session-scoped `etcd` and `cluster` serve tests that only observe (or leave the cluster healthy,
 like a switchover); `fresh_etcd` and `fresh_cluster` are per test, for destructive ones. Run
-directories are deleted after passing tests and kept (path printed) after failures.
+directories (under $TMPDIR, else /var/tmp: agent.lab.rundir) are deleted after passing tests;
+after a failure their logs and configs are kept (path printed) and their data dirs removed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from agent.lab.cluster import Cluster
 from agent.lab.etcd import ETCD_BIN, Etcd
 from agent.lab.patroni import PATRONI_BIN, PG_BIN_DIR
 from agent.lab.procs import LAB_USER
-from agent.lab.rundir import new_run_dir, remove_run_dir
+from agent.lab.rundir import drop_data, new_run_dir, remove_run_dir
 
 HERE = Path(__file__).parent
 _scopes = itertools.count(1)
@@ -61,9 +62,11 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 
 def _finish(request: pytest.FixtureRequest, run_dir: Path, failed: bool) -> None:
     if failed:
+        drop_data(run_dir)  # a run of failures must not fill the disk; logs tell what happened
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
-            reporter.write_line(f"lab: kept {run_dir} (logs, configs, data)", yellow=True)
+            who = request.node.nodeid or "the session's shared lab"
+            reporter.write_line(f"lab: kept logs and configs of {who} in {run_dir}", yellow=True)
     else:
         remove_run_dir(run_dir)
 

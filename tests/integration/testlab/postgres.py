@@ -18,7 +18,7 @@ from agent.lab import pgversions
 from agent.lab.patroni import PG_HBA, PG_IDENT, SUPERUSER
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, lab_user
-from agent.lab.rundir import lab_subdir
+from agent.lab.rundir import check_socket_dir, lab_subdir
 
 
 class PgInstance:
@@ -28,7 +28,7 @@ class PgInstance:
         self.bin_dir = pgversions.bin_dir(self.version)
         self.name = name = name or f"pg{self.version}"
         self.dir = lab_subdir(run_dir, name)
-        self.socket_dir = self.dir
+        self.socket_dir = check_socket_dir(self.dir)
         self.data_dir = self.dir / "data"
         self.archive_dir = lab_subdir(self.dir, "archive", 0o700)
         self.port = free_port()
