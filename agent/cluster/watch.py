@@ -122,9 +122,11 @@ class ClusterWatch:
         if said:
             self._dcs(False, said)
         self.etcd.rotate()
-        # the others may be electing a leader (the dead member was it): give them the watch deadline
-        # (a member without a leader that did not serve this watch served nothing stale)
-        until = anyio.current_time() + (self.etcd.watch_deadline if len(self.etcd.endpoints) > 1 else 0)
+        # the others may be electing a leader (the dead member was it; a split vote doubles that):
+        # once none has answered, give them the watch deadline. A member without a leader that did
+        # not serve this watch served nothing stale.
+        patience = 0.0 if said or len(self.etcd.endpoints) == 1 else self.etcd.watch_deadline
+        until: float | None = None
         attempt = 0
         while True:
             try:
@@ -132,7 +134,9 @@ class ClusterWatch:
                 return True
             except EtcdUnavailable:
                 self.ctx.liveness.beat("cluster_watch")
-                if said or anyio.current_time() >= until:
+                now = anyio.current_time()
+                until = now + patience if until is None else until
+                if now >= until:
                     return False
             await anyio.sleep(backoff(attempt, cap=1.0))
             attempt += 1
