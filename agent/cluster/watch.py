@@ -121,11 +121,13 @@ class ClusterWatch:
                 said = str(err) if restart_reason(str(err), "") == "no_leader" else ""
         if said:
             self._dcs(False, said)
+        if len(self.etcd.endpoints) == 1:
+            return False
         self.etcd.rotate()
         # the others may be electing a leader (the dead member was it; a split vote doubles that):
         # once none has answered, give them the watch deadline. A member without a leader that did
         # not serve this watch served nothing stale.
-        patience = 0.0 if said or len(self.etcd.endpoints) == 1 else self.etcd.watch_deadline
+        patience = self.etcd.watch_deadline if self.ctx.state.current.dcs_up else 0.0
         until: float | None = None
         attempt = 0
         while True:
@@ -210,7 +212,10 @@ class ClusterWatch:
         try:
             return await self.etcd.scope_revisions(self.keys.prefix)
         except EtcdUnavailable as e:
-            err = WatchDied(f"etcd did not answer a read of the scope: {e}", restart_reason(str(e), "deadline"))
+            reason = restart_reason(str(e), "deadline")
+            what = "refused a read of the scope (no leader)" if reason == "no_leader" else \
+                "did not answer a read of the scope"
+            err = WatchDied(f"etcd {what}: {e}", reason)
             err.established = True
             raise err from None
 

@@ -199,3 +199,43 @@ def _try_put(member: Any, key: str, value: str) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def test_killing_the_raft_leader_the_agent_reads_from_is_no_dcs_outage(run_dir: Path) -> None:
+    """The agent's member is also the raft leader: kill -9 leaves the others without a leader
+    until they elect one (a split vote doubles that), and they refuse require-leader reads
+    meanwhile. That is the cluster electing, not a member serving a stale view: the agent waits
+    for them, resumes, and sees the change made after the election, without a DCS flap."""
+    e = EtcdCluster(run_dir)
+    scope = "elect"
+    leader = f"/service/{scope}/leader"
+    a = AgentProc(run_dir, e.endpoints[0], name="node1", scope=scope)
+    a.config.write_text(a.config.read_text().replace(
+        f'endpoints = ["{e.endpoints[0]}"]', "endpoints = " + json.dumps(e.endpoints)))
+    try:
+        e.start()
+        first = e.members[0]
+
+        def raft() -> tuple[dict[str, int], int]:
+            status = json.loads(first.etcdctl("endpoint", "status", "--cluster", "-w", "json"))
+            return ({s["Endpoint"].rstrip("/"): s["Status"]["header"]["member_id"] for s in status},
+                    status[0]["Status"]["leader"])
+
+        ids, raft_leader = raft()
+        if raft_leader != ids[first.url]:
+            e.member(next(u for u, i in ids.items() if i == raft_leader)).etcdctl(
+                "move-leader", format(ids[first.url], "x"))
+        assert raft()[1] == ids[first.url]
+        e.members[1].put(leader, "node2")
+        a.start().wait_ready()
+        assert a.status()["state"]["leader"] == "node2"
+        first.kill9()
+        wait_until(lambda: _try_put(e.members[1], leader, "node3"), 30, "a write after the election")
+        wait_until(lambda: a.status()["state"]["leader"] == "node3", 30, "the agent sees the new leader",
+                   detail=a.tail)
+        assert a.status()["cluster_watch"]["endpoint"] != first.url
+        assert [ev["new"] for ev in _dcs_events(a)] == [True], _dcs_events(a)
+        assert [ev["new"] for ev in a.logs() if ev.get("event") == "leader_changed"] == ["node2", "node3"]
+    finally:
+        a.stop()
+        e.stop()
