@@ -9,7 +9,7 @@ from __future__ import annotations
 import types
 from typing import Any, Union, cast, get_args, get_origin, get_type_hints, is_typeddict
 
-from agent.archive.runner import ArchiveStatus
+from agent.archive.rounds import ArchiveStatus
 from agent.cluster.watch import ClusterWatchStatus
 from agent.cluster.watchdog.feeder import WatchdogStatus
 from agent.core.supervisor import HttpStatus, NodeStatus

@@ -4,7 +4,7 @@ is a disabled job ("off"), an unreadable one is named."""
 
 from __future__ import annotations
 
-from agent.archive.runner import ArchiveStatus
+from agent.archive.rounds import ArchiveStatus
 from agent.cluster.watchdog.feeder import WatchdogStatus
 from agent.repack.component import RepackStatus
 from agent.sampler.component import SamplerStatus

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.archive.runner import ArchiveStatus, ArchiveView
+from agent.archive.rounds import ArchiveStatus, ArchiveView
 from agent.core.state import NodeState
 from agent.status import AgentStatus, agent_url, conform, problems, render_cluster, render_node
 

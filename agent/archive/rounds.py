@@ -13,7 +13,7 @@ from typing import Any, TypedDict
 import psycopg
 import structlog
 
-from agent.archive import collect
+from agent.archive import pg_snapshot
 from agent.archive import pgbackrest as pgbr
 from agent.archive.checks import (
     Assessment,
@@ -132,7 +132,7 @@ async def check_postgres(conn: psycopg.AsyncConnection[dict[str, Any]], cfg: Arc
                          m: ArchiveMetrics | None) -> None:
     """Snapshot, assess, count new failures. Raises on a query error (the caller reconnects)."""
     try:
-        snap, ready_ok = await collect.snapshot(conn)
+        snap, ready_ok = await pg_snapshot.read(conn)
     except Exception:
         view.mark("archiver", False)
         raise
