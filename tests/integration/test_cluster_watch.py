@@ -49,12 +49,8 @@ def events(a: Agent) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in a.proc.log_path.read_bytes().splitlines() if ln.startswith(b"{")]
 
 
-def variant(lab_variant: str, slow: bool = False) -> Any:
-    return pytest.param(lab_variant, marks=[pytest.mark.slow] if slow else [])
-
-
 # the switchover and the postmaster kill are quick on the default lab, slow on the others
-ALL_LABS = [variant("default"), variant("prod", slow=True), variant("prod-patroni3", slow=True)]
+ALL_LABS = ["default", *(pytest.param(v, marks=pytest.mark.slow) for v in PATRONI_MAJOR)]
 
 
 def check_production_shaped(lab_variant: str, cluster: Cluster, agents: list[Agent]) -> None:
