@@ -7,7 +7,7 @@ starts and once when it ends, counted, and retried with backoff, while the heart
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import anyio.abc
@@ -29,6 +29,19 @@ NAME = "sampler"
 BACKOFF_MAX = 30.0
 
 
+class SamplerStatus(TypedDict):
+    source: str | None
+    watermark: int | None
+    series: int
+    queryids_kept: int
+    buckets_lost: dict[str, int]     # per reason
+    reads: int
+    read_failures: dict[str, int]    # per reason
+    fallback: str | None             # why `auto` reads pg_stat_statements although pgsm is installed
+    unavailable: str | None          # why it is not reading now
+    save_error: str | None           # why the state file cannot be written
+
+
 class Sampler:
     def __init__(self, ctx: Context) -> None:
         self.path: Path = ctx.config.state_dir / "sampler.json"
@@ -47,12 +60,12 @@ class Sampler:
         """Why the state file could not be written, while it cannot."""
         return self.writer.error
 
-    def status(self) -> dict[str, Any]:
-        return {"source": self.health.source, "watermark": self.state.watermark,
-                "series": len(self.state.totals.series), "queryids_kept": len(self.state.totals.kept),
-                "buckets_lost": dict(self.state.totals.buckets_lost), "reads": self.health.reads,
-                "read_failures": dict(self.health.read_failures), "fallback": self.health.fallback,
-                "unavailable": self.unavailable, "save_error": self.writer.error}
+    def status(self) -> SamplerStatus:
+        return SamplerStatus(source=self.health.source, watermark=self.state.watermark,
+                             series=len(self.state.totals.series), queryids_kept=len(self.state.totals.kept),
+                             buckets_lost=dict(self.state.totals.buckets_lost), reads=self.health.reads,
+                             read_failures=dict(self.health.read_failures), fallback=self.health.fallback,
+                             unavailable=self.unavailable, save_error=self.writer.error)
 
     async def open(self, ctx: Context) -> Conn:
         """Connect and choose the source; settings and schema are read once per session."""
