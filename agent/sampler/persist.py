@@ -42,14 +42,18 @@ WRITE_BUDGET = 60_000  # bytes a minute on average (the target is <= 100 KB/min 
 WRITE_BURST = 60_000  # bytes that may be written at once before the budget holds writes back
 
 
-@dataclass
+@dataclass(frozen=True)
 class Identity:
     system_identifier: str | None = None
     postmaster_start: float | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class SamplerState:
+    """One consistent moment of the sampler, never changed once made: a read's fold returns
+    the next (source.Folded), so a scrape or the state file's writer, in another thread, never
+    sees one half-updated."""
+
     totals: Totals
     watermark: int | None = None  # newest pg_stat_monitor bucket_start_time consumed (epoch s)
     identity: Identity = field(default_factory=Identity)
