@@ -269,6 +269,7 @@ class LoopLag:
     steps: int
     step_max_ms: list[float]  # the longest loop stall seen during each sampler step
     step_net_ms: list[float]  # the same less the time the loop's thread waited for a CPU
+    step_saved: list[bool]  # whether the step wrote the state file
     step_cpu_ms: list[float]  # the longest CPU time of one event-loop callback during each step
     worst_callback: str
     idle_max_ms: float  # the longest stall outside steps (the probe's own noise floor)
@@ -301,6 +302,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
     primed = anyio.Event()
     step_max: list[float] = []
     step_net: list[float] = []
+    step_saved: list[bool] = []
     idle_max = idle_net = 0.0
     real_step = sampler.step
 
@@ -340,10 +342,12 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
         step_max.append(0.0)
         step_net.append(0.0)
         step_cpu.append(0.0)
+        written = sampler.health.state_bytes_written
         try:
             return await real_step(c, conn)
         finally:
             in_step = False
+            step_saved.append(sampler.health.state_bytes_written != written)
             if sampler.health.reads >= 1:
                 primed.set()
 
@@ -383,6 +387,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
         await primed.wait()  # the priming read and its write are not the steady state
         step_max.clear()
         step_net.clear()
+        step_saved.clear()
         step_cpu.clear()
         worst[:] = [0.0, ""]
         idle_max = idle_net = 0.0
@@ -400,7 +405,11 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
     print(f"garbage collections in the loop's thread during steps: {len(gc_loop)}, longest (CPU) by generation "
           + ", ".join(f"gen{g} {ms:.2f} ms" for g, ms in by_gen.items()))
     sched.close()
-    return LoopLag(len(step_max), step_max, step_net, step_cpu, str(worst[1]), idle_max, idle_net, b1 - b0,
+    saved = [n for n, w in zip(step_net, step_saved, strict=False) if w]
+    print(f"steps that wrote the state file: {len(saved)}, their stall less waiting for a CPU max "
+          f"{max(saved, default=0):.2f} ms; other steps max "
+          f"{max((n for n, w in zip(step_net, step_saved, strict=False) if not w), default=0):.2f} ms")
+    return LoopLag(len(step_max), step_max, step_net, step_saved, step_cpu, str(worst[1]), idle_max, idle_net, b1 - b0,
                    (t1 - t0) / 60)
 
 
@@ -450,7 +459,8 @@ def fill_forever(socket_dir: str, port: int, n: int, period: float) -> None:
 
 def side_by_side(run: Path, pg: PgInstance, args: argparse.Namespace, procs: list[Proc]) -> bool:
     """(a) the agent process, (b) postgres_exporter, on the same N entries; whether the agent met its targets."""
-    have_exporter = EXPORTER.exists() or shutil.which("prometheus-postgres-exporter") is not None
+    have_exporter = not args.no_exporter and (
+        EXPORTER.exists() or shutil.which("prometheus-postgres-exporter") is not None)
     agent_res, extra = run_agent(run, pg, args.n, args.scrapes, procs)
     st = extra["status"]
     print(f"agent sampler: reads={st.get('reads')} series={st.get('series')} "
@@ -468,7 +478,7 @@ def side_by_side(run: Path, pg: PgInstance, args: argparse.Namespace, procs: lis
     results = [agent_res]
     if have_exporter:
         results.append(run_exporter(run, pg, args.scrapes, procs))
-    else:
+    elif not args.no_exporter:
         print(f"{EXPORTER} is not installed (apt-get install -y --no-install-recommends "
               "prometheus-postgres-exporter): exporter side skipped")
     print()
@@ -498,6 +508,7 @@ def main() -> int:
     ap.add_argument("--lag-minutes", type=float, default=5.0,
                     help="minutes of the in-process loop-lag and write-rate phase (0: skip it)")
     ap.add_argument("--lag-only", action="store_true", help="only the loop-lag phase")
+    ap.add_argument("--no-exporter", action="store_true", help="(a) without (b): the agent's figures only")
     ap.add_argument("--load-period", type=float, default=SAMPLER_INTERVAL,
                     help="loop-lag phase: seconds between passes of the N statements (0: back to back); "
                          "at the sampler's interval every read still has N deltas")

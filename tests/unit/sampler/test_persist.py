@@ -119,3 +119,16 @@ async def test_an_urgent_change_is_written_whatever_the_budget(tmp_path: Path) -
     w.changed(urgent=True)
     await w.maybe_save(st)
     assert h.state_bytes_written > 0 and not w.dirty and not w.urgent
+
+
+def test_the_file_is_encoded_in_pieces_as_json_dumps_would_encode_it() -> None:
+    """persist.encode builds the JSON a piece at a time (a single json.dumps keeps the GIL
+    throughout); the bytes must be exactly json.dumps's."""
+    st = pgss_state(300)
+    t = st.totals.copy()
+    for i in range(200):
+        t.series[(str(i * 7919), "db\u00e9", 'u"1')] = [i / 3, float(i), 1e300, -0.0, *([0.5] * (NFIELDS - 4))]
+    t.warnings["01000"], t.buckets_lost["expired"] = 2.0, 3
+    st = replace(st, totals=t)
+    assert persist.encode(st) == json.dumps(st.to_json(), separators=(",", ":")).encode()
+    assert persist.SamplerState.from_json(json.loads(persist.encode(st))).totals.series == t.series
