@@ -48,6 +48,7 @@ from psycopg import sql
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, wait_until
 from agent.lab.rundir import new_run_dir, remove_run_dir
+from bench.loopprobe import LoopProbe, Window
 from tests.integration.testlab.postgres import PgInstance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,11 +280,12 @@ class LoopLag:
 
 
 async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, period: float) -> LoopLag:
-    """The sampler's real component in this process's event loop, with a probe task that sleeps
-    1 ms at a time and records how late it wakes (the loop's stall), split by whether a sampler
-    step was running. A thread re-runs the N statements back to back, so every read has up to N
+    """The sampler's real component in this process's event loop, with a probe task
+    (bench/loopprobe.py) recording the loop's stalls, split by whether a sampler step was
+    running. Another process re-runs the N statements back to back, so every read has up to N
     deltas (the worst case; `period` > 0: one pass every `period` seconds, which at the sampler's
-    interval still gives every read N deltas, with less CPU taken from the agent). Bytes written to the state file come from the sampler's counter."""
+    interval still gives every read N deltas, with less CPU taken from the agent). Bytes written
+    to the state file come from the sampler's counter."""
     import anyio
     from prometheus_client import CollectorRegistry
 
@@ -300,10 +302,9 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
     sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
     in_step = False
     primed = anyio.Event()
-    step_max: list[float] = []
-    step_net: list[float] = []
+    probe = LoopProbe()
+    steps: list[Window] = []
     step_saved: list[bool] = []
-    idle_max = idle_net = 0.0
     real_step = sampler.step
 
     # The probe's wall-clock lag includes waiting for a CPU on a busy box; the CPU time of each
@@ -339,42 +340,19 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
     async def timed_step(c: Context, conn: Any) -> float:
         nonlocal in_step
         in_step = True
-        step_max.append(0.0)
-        step_net.append(0.0)
+        steps.append(probe.open())
         step_cpu.append(0.0)
         written = sampler.health.state_bytes_written
         try:
             return await real_step(c, conn)
         finally:
             in_step = False
+            probe.close()
             step_saved.append(sampler.health.state_bytes_written != written)
             if sampler.health.reads >= 1:
                 primed.set()
 
     sampler.step = timed_step  # type: ignore[method-assign,assignment]
-
-    # Runnable but not running (the kernel's run-queue wait of the loop's thread, schedstat's
-    # second field): the share of a stall that is the box's CPUs being busy, not this process.
-    # What is left is the agent's own: its callbacks, the GIL held by its worker threads, GCs.
-    sched = open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb", buffering=0)  # noqa: SIM115, ASYNC230
-
-    def runq_ms() -> float:
-        sched.seek(0)
-        return int(sched.read().split()[1]) / 1e6
-
-    async def probe() -> None:
-        nonlocal idle_max, idle_net
-        while True:
-            t, q = time.perf_counter(), runq_ms()
-            await anyio.sleep(0.001)
-            lag = (time.perf_counter() - t - 0.001) * 1000
-            net = lag - (runq_ms() - q)
-            if in_step:
-                step_max[-1] = max(step_max[-1], lag)
-                step_net[-1] = max(step_net[-1], net)
-            else:
-                idle_max = max(idle_max, lag)
-                idle_net = max(idle_net, net)
 
     ctx.liveness.register("sampler")
     # the load runs in a process of its own: in a thread it would hold this process's GIL
@@ -382,15 +360,14 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
                          str(period)],
                 state_dir.parent / "load.log", env=dict(os.environ), cwd=ROOT)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(probe)
+        tg.start_soon(probe.run)
         await tg.start(comp.run, ctx)  # type: ignore[arg-type]
         await primed.wait()  # the priming read and its write are not the steady state
-        step_max.clear()
-        step_net.clear()
+        steps.clear()
         step_saved.clear()
         step_cpu.clear()
         worst[:] = [0.0, ""]
-        idle_max = idle_net = 0.0
+        probe.outside = Window()
         b0, t0 = getattr(sampler.health, "state_bytes_written", -1), time.monotonic()
         load.start(10)
         try:
@@ -404,13 +381,12 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
     by_gen = {g: max((ms for gg, ms in gc_loop if gg == g), default=0.0) for g in (0, 1, 2)}
     print(f"garbage collections in the loop's thread during steps: {len(gc_loop)}, longest (CPU) by generation "
           + ", ".join(f"gen{g} {ms:.2f} ms" for g, ms in by_gen.items()))
-    sched.close()
-    saved = [n for n, w in zip(step_net, step_saved, strict=False) if w]
+    saved = [w.net_ms for w, wrote in zip(steps, step_saved, strict=False) if wrote]
     print(f"steps that wrote the state file: {len(saved)}, their stall less waiting for a CPU max "
           f"{max(saved, default=0):.2f} ms; other steps max "
-          f"{max((n for n, w in zip(step_net, step_saved, strict=False) if not w), default=0):.2f} ms")
-    return LoopLag(len(step_max), step_max, step_net, step_saved, step_cpu, str(worst[1]), idle_max, idle_net, b1 - b0,
-                   (t1 - t0) / 60)
+          f"{max((w.net_ms for w, wrote in zip(steps, step_saved, strict=False) if not wrote), default=0):.2f} ms")
+    return LoopLag(len(steps), [w.wall_ms for w in steps], [w.net_ms for w in steps], step_saved, step_cpu,
+                   str(worst[1]), probe.outside.wall_ms, probe.outside.net_ms, b1 - b0, (t1 - t0) / 60)
 
 
 def run_loop_lag(run: Path, pg: PgInstance, n: int, minutes: float, period: float,

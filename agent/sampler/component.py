@@ -6,6 +6,7 @@ starts and once when it ends, counted, and retried with backoff, while the heart
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,7 @@ from agent.sampler.source import (
 log = structlog.get_logger("sampler")
 NAME = "sampler"
 BACKOFF_MAX = 30.0
-SOURCES: dict[str, type[PgStatMonitor] | type[PgStatStatements]] = {
-    PgStatMonitor.name: PgStatMonitor, PgStatStatements.name: PgStatStatements}
+SOURCES: dict[str, Callable[[], Source]] = {PgStatMonitor.name: PgStatMonitor, PgStatStatements.name: PgStatStatements}
 
 
 class Sampler:
