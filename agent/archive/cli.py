@@ -11,8 +11,8 @@ import sys
 import anyio
 import psycopg
 
-from agent.archive import runner
-from agent.archive.runner import ArchiveView
+from agent.archive import rounds
+from agent.archive.rounds import ArchiveView
 from agent.core import pg
 from agent.core.config import Config
 
@@ -25,18 +25,18 @@ async def _check(cfg: Config) -> ArchiveView:
         view.error = str(e).strip() or type(e).__name__
         return view
     try:
-        await runner.check_postgres(conn, cfg.archive, view, None)
+        await rounds.check_postgres(conn, cfg.archive, view, None)
     except psycopg.Error as e:
         view.error = str(e).strip()
     finally:
         await conn.close()
-    s = runner.settings(cfg.archive)
+    s = rounds.settings(cfg.archive)
     if s is not None and view.snapshot is not None and view.assessment and view.assessment.expected:
         env = pg.subprocess_env(cfg.postgres, "pg-node-agent/archive", cfg.state_dir)
-        await runner.check_pgbackrest_info(s, view, None, env)
+        await rounds.check_pgbackrest_info(s, view, None, env)
         if not view.snapshot.in_recovery:
-            await runner.check_pgbackrest_check(s, view, None, env)
-    runner.settle(view)
+            await rounds.check_pgbackrest_check(s, view, None, env)
+    rounds.settle(view)
     return view
 
 

@@ -15,9 +15,9 @@ import anyio.abc
 import psycopg
 import structlog
 
-from agent.archive import runner
+from agent.archive import rounds
 from agent.archive.metrics import ArchiveMetrics
-from agent.archive.runner import ArchiveView
+from agent.archive.rounds import ArchiveView
 from agent.core import pg
 from agent.core.context import Context
 from agent.core.events import ArchiveHealthChanged
@@ -46,7 +46,7 @@ async def _sleep_beating(ctx: Context, seconds: float) -> None:
 
 
 def _publish_if_changed(ctx: Context, view: ArchiveView) -> None:
-    healthy, changed = runner.settle(view)
+    healthy, changed = rounds.settle(view)
     if not changed:
         return
     a = view.assessment
@@ -70,7 +70,7 @@ async def run(ctx: Context, *, task_status: anyio.abc.TaskStatus[None] = anyio.T
                 try:
                     if conn is None or conn.closed:
                         conn = await ctx.pg_connect(NAME)
-                    await runner.check_postgres(conn, cfg, view, metrics)
+                    await rounds.check_postgres(conn, cfg, view, metrics)
                 except (psycopg.Error, OSError) as e:
                     if view.error != str(e).strip():
                         log.warning("archive_check_failed", error=str(e).strip())
@@ -94,18 +94,18 @@ async def _pgbackrest_loop(ctx: Context, view: ArchiveView, metrics: ArchiveMetr
     next_info = next_check = anyio.current_time()
     while True:
         cfg = ctx.config.archive
-        s = runner.settings(cfg)
+        s = rounds.settings(cfg)
         snap = view.snapshot
         if s is not None and snap is not None:
             env = pg.subprocess_env(ctx.config.postgres, "pg-node-agent/archive", ctx.config.state_dir)
             now = anyio.current_time()
             if now >= next_info:
                 next_info = now + float(cfg.pgbackrest_info_interval)
-                await runner.check_pgbackrest_info(s, view, metrics, env)
+                await rounds.check_pgbackrest_info(s, view, metrics, env)
                 _publish_if_changed(ctx, view)
             # the end-to-end canary switches WAL: only where PostgreSQL itself is the writer
             if now >= next_check and not snap.in_recovery:
                 next_check = now + float(cfg.pgbackrest_check_interval)
-                await runner.check_pgbackrest_check(s, view, metrics, env)
+                await rounds.check_pgbackrest_check(s, view, metrics, env)
                 _publish_if_changed(ctx, view)
         await anyio.sleep(1.0)

@@ -18,7 +18,7 @@ from agent.archive.pgbackrest import REASONS
 from agent.core.metrics import gauge_if_known as _g
 
 if TYPE_CHECKING:
-    from agent.archive.runner import ArchiveView
+    from agent.archive.rounds import ArchiveView
 
 CHECKS = ("archiver", "ready_files", "pgbackrest_info", "pgbackrest_check")
 COMMANDS = ("info", "check")

@@ -18,9 +18,7 @@ def components(ctx: Context) -> list[Component]:
     cfg = ctx.config
     etcd = Etcd.from_config(cfg.etcd)
     watch = ClusterWatch(ctx, etcd, Keys(cfg.etcd.namespace, cfg.etcd.scope))
-    ctx.status_sections["cluster_watch"] = lambda: {
-        "endpoint": etcd.endpoint, "revision": watch.cache.revision, "stream_deaths": watch.stream_deaths,
-        "connect_failures": watch.failed_connects, "resyncs": watch.resyncs}
+    ctx.status_sections["cluster_watch"] = watch.status
     feeder = Feeder(ctx, WatchdogMetrics(ctx.registry))
     ctx.status_sections["watchdog"] = feeder.status
     comps = [

@@ -1,5 +1,6 @@
-"""The local Patroni's own word on its role: GET /patroni, polled, and re-read at once on every
-leader event (a switchover shows in etcd a moment before Patroni's REST answer changes)."""
+"""The local Patroni's own word on its role: GET /patroni, polled, and re-read soon after every
+leader event (a switchover shows in etcd a moment before Patroni's REST answer changes; the
+follow-up times are `wake.FOLLOWUPS`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Poll at an interval, but at once (and a few times soon after) when role news arrives: a leader
+"""Poll at an interval, but soon (50 ms, then a few times more) when role news arrives: a leader
 event (Patroni and PostgreSQL finish a promotion or demotion a moment after the leader key
 moves), or pg_is_in_recovery() seeing PostgreSQL go down, come back or change its recovery
 state (after a postmaster restart Patroni's word changes with no leader event at all)."""

@@ -8,6 +8,8 @@ once (vip-manager #431), and rotate through the configured endpoints.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import anyio
 import anyio.abc
 import structlog
@@ -33,6 +35,14 @@ log = structlog.get_logger("cluster_watch")
 GRACE = 1.0  # how long a change etcd already has may take to arrive on a live stream
 
 
+class ClusterWatchStatus(TypedDict):
+    endpoint: str
+    revision: int
+    stream_deaths: int      # established streams restarted
+    connect_failures: int   # attempts etcd did not answer
+    resyncs: int
+
+
 class ClusterWatch:
     def __init__(self, ctx: Context, etcd: Etcd, keys: Keys) -> None:
         self.ctx = ctx
@@ -52,6 +62,11 @@ class ClusterWatch:
         self.stream_deaths = 0
         self.failed_connects = 0
         self._behind: dict[str, int] | None = None  # etcd's scope at reconnect, until the replay reaches it
+
+    def status(self) -> ClusterWatchStatus:
+        return ClusterWatchStatus(endpoint=self.etcd.endpoint, revision=self.cache.revision,
+                                  stream_deaths=self.stream_deaths, connect_failures=self.failed_connects,
+                                  resyncs=self.resyncs)
 
     async def run(self, ctx: Context, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         attempt = 0

@@ -16,7 +16,7 @@ import contextlib
 import resource
 import socket
 from collections import OrderedDict
-from typing import Any
+from typing import Any, TypedDict
 
 import structlog
 
@@ -46,6 +46,16 @@ def connection_cap(nofile: int) -> int:
     """At most half the descriptors go to HTTP clients: the rest stay for etcd, Patroni,
     PostgreSQL, pg_repack's pipes and the logs."""
     return max(8, min(MAX_CONNECTIONS, nofile // 2 - SLACK))
+
+
+class ConnectionStats(TypedDict):
+    """/status `http.connections`."""
+
+    open: int
+    cap: int
+    accepted: int
+    evicted: int
+    refused: int
 
 
 class Gate:
@@ -93,9 +103,9 @@ class Gate:
         self.open.pop(key, None)
         self.evicted.discard(key)
 
-    def stats(self) -> dict[str, int]:
-        return {"open": len(self.open), "cap": self.cap, "accepted": self.accepted,
-                "evicted": self.evictions, "refused": self.refused}
+    def stats(self) -> ConnectionStats:
+        return ConnectionStats(open=len(self.open), cap=self.cap, accepted=self.accepted,
+                               evicted=self.evictions, refused=self.refused)
 
 
 class Conn(socket.socket):

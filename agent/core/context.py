@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,8 @@ class Context:
     bus: Bus
     state: StateStore
     liveness: Liveness
-    status_sections: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    # /status sections by name; each returns the TypedDict declared beside its producer
+    status_sections: dict[str, Callable[[], Mapping[str, object]]] = field(default_factory=dict)
     cached_metrics: list[CachedMetrics] = field(default_factory=list)
 
     def publish(self, ev: Event) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import resource
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import anyio
@@ -32,7 +32,7 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 class Api:
     def __init__(self, registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, Any]]],
-                 status: Callable[[], dict[str, Any]], users: dict[str, str],
+                 status: Callable[[], Mapping[str, object]], users: dict[str, str],
                  cached: list[CachedMetrics] | None = None) -> None:
         self.registry = registry
         self.cached = cached if cached is not None else []

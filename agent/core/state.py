@@ -7,8 +7,8 @@ or disagreeing source means not confirmed, and everything that writes stops.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TypedDict
 
 import anyio
 import structlog
@@ -28,6 +28,41 @@ from agent.core.events import (
 )
 
 log = structlog.get_logger("state")
+
+
+class MemberStatus(TypedDict):
+    name: str
+    role: str
+
+
+class StateStatus(TypedDict):
+    """/status `state`: NodeState's fields plus what it derives (a test keeps the fields equal)."""
+
+    member: str
+    leader: str | None
+    leader_known: bool
+    last_leader: str | None
+    leader_revision: int
+    leader_changed_at: float | None
+    leader_changes: int
+    failover_pending: bool
+    failover_candidate: str | None
+    members: list[MemberStatus]
+    dcs_up: bool
+    dcs_endpoint: str
+    patroni_up: bool
+    patroni_role: str
+    patroni_state: str
+    paused: bool
+    cluster_unlocked: bool
+    failsafe_active: bool
+    timeline: int | None
+    postgres_up: bool
+    in_recovery: bool | None
+    role: str
+    leader_view: str
+    confirmed_primary: bool
+    disagreement: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,15 +125,22 @@ class NodeState:
             return "leader_key_but_patroni_replica"
         return ""
 
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        # a leader seen before the DCS went down (or before a replay after it came back is applied)
-        # is not shown as the leader: /status says unknown, as pgnode_leader does
-        d.update(leader=self.leader if self.dcs_up else None, role=self.role.value, leader_view=self.leader_view.value,
-                 confirmed_primary=self.confirmed_primary, disagreement=self.disagreement,
-                 patroni_role=self.patroni_role.value,
-                 members=[{"name": n, "role": r} for n, r in self.members])
-        return d
+    def as_dict(self) -> StateStatus:
+        return StateStatus(
+            member=self.member,
+            # a leader seen before the DCS went down (or before a replay after it came back is
+            # applied) is not shown as the leader: /status says unknown, as pgnode_leader does
+            leader=self.leader if self.dcs_up else None,
+            leader_known=self.leader_known, last_leader=self.last_leader, leader_revision=self.leader_revision,
+            leader_changed_at=self.leader_changed_at, leader_changes=self.leader_changes,
+            failover_pending=self.failover_pending, failover_candidate=self.failover_candidate,
+            members=[MemberStatus(name=n, role=r) for n, r in self.members],
+            dcs_up=self.dcs_up, dcs_endpoint=self.dcs_endpoint, patroni_up=self.patroni_up,
+            patroni_role=self.patroni_role.value, patroni_state=self.patroni_state, paused=self.paused,
+            cluster_unlocked=self.cluster_unlocked, failsafe_active=self.failsafe_active,
+            timeline=self.timeline, postgres_up=self.postgres_up, in_recovery=self.in_recovery,
+            role=self.role.value, leader_view=self.leader_view.value,
+            confirmed_primary=self.confirmed_primary, disagreement=self.disagreement)
 
 
 def reduce(s: NodeState, ev: Event) -> NodeState:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import resource
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import anyio.abc
@@ -23,14 +23,47 @@ import structlog
 from agent import __version__
 from agent.core import config as config_mod
 from agent.core import http
+from agent.core.conns import ConnectionStats
 from agent.core.context import Context
 from agent.core.events import Event
 from agent.core.metrics import CoreMetrics, StateCollector
 from agent.core.sdnotify import Notifier
+from agent.core.state import StateStatus
 
 log = structlog.get_logger("supervisor")
 
 RunFn = Callable[..., Awaitable[None]]
+
+
+class ComponentStatus(TypedDict):
+    up: bool
+    restarts: int
+    last_error: str
+    heartbeat_age_seconds: float | None
+
+
+class NodeStatus(TypedDict):
+    """/status without the jobs' sections (each job declares its own beside its producer;
+    `agent.status.contract.AgentStatus` puts them together)."""
+
+    version: str
+    config: str
+    node: str
+    scope: str
+    ready: bool
+    uptime_seconds: float
+    state: StateStatus
+    components: dict[str, ComponentStatus]
+
+
+class AuthStatus(TypedDict):
+    hashed: int     # password checks run
+    throttled: int  # answered 429 without a check
+
+
+class HttpStatus(TypedDict):
+    connections: ConnectionStats
+    auth: AuthStatus | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +152,9 @@ class Supervisor:
         sock = http.bind(cfg.http.listen)
         api = http.Api(self.ctx.registry, self.health_view, self.status_view, cfg.http.basic_auth_users,
                        self.ctx.cached_metrics)
-        self.ctx.status_sections["http"] = lambda: {
-            "connections": sock.gate.stats(),
-            "auth": {"hashed": api.auth.hashed, "throttled": api.auth.throttled} if api.auth else None}
+        self.ctx.status_sections["http"] = lambda: HttpStatus(
+            connections=sock.gate.stats(),
+            auth=AuthStatus(hashed=api.auth.hashed, throttled=api.auth.throttled) if api.auth else None)
         log.info("agent_starting", version=__version__, config=cfg.source, node=cfg.node.name,
                  listen=cfg.http.listen, nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0],
                  http_max_connections=sock.gate.cap)
@@ -229,20 +262,18 @@ class Supervisor:
         status = "down" if down else "stale" if stale else "ok"
         return status == "ok", {"status": status, "stale_components": stale, "down_components": down}
 
-    def status_view(self) -> dict[str, Any]:
+    def node_status(self) -> NodeStatus:
         ages = self.ctx.liveness.ages()
-        out: dict[str, Any] = {
-            "version": __version__,
-            "config": self.ctx.config.source,
-            "node": self.ctx.config.node.name,
-            "scope": self.ctx.config.etcd.scope,
-            "ready": self.ready,
-            "uptime_seconds": round(time.time() - self.started_wall, 3),
-            "state": self.ctx.state.current.as_dict(),
-            "components": {n: {"up": h.up, "restarts": h.restarts, "last_error": h.last_error,
-                               "heartbeat_age_seconds": round(ages[n], 3) if n in ages else None}
-                           for n, h in self.health.items()},
-        }
+        return NodeStatus(
+            version=__version__, config=self.ctx.config.source, node=self.ctx.config.node.name,
+            scope=self.ctx.config.etcd.scope, ready=self.ready,
+            uptime_seconds=round(time.time() - self.started_wall, 3), state=self.ctx.state.current.as_dict(),
+            components={n: ComponentStatus(up=h.up, restarts=h.restarts, last_error=h.last_error,
+                                           heartbeat_age_seconds=round(ages[n], 3) if n in ages else None)
+                        for n, h in self.health.items()})
+
+    def status_view(self) -> Mapping[str, object]:
+        out: dict[str, object] = dict(self.node_status())
         for name, fn in self.ctx.status_sections.items():
             try:
                 out[name] = fn()

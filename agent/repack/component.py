@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import anyio
 import anyio.abc
@@ -59,13 +59,44 @@ async def binary_version(binary: str) -> str | None:
     return out.removeprefix("pg_repack").strip() or None
 
 
+class RunningStatus(TypedDict):
+    database: str
+    table: str
+    since: float
+
+
+class RecentRun(TypedDict):
+    database: str
+    table: str
+    result: str
+    reason: str
+    reclaimed_bytes: int
+    duration_seconds: float
+    guard: str | None
+    stop_to_clean_seconds: float | None
+    leftovers: int
+    at: float
+
+
+class RepackStatus(TypedDict):
+    binary: str
+    version: str | None
+    running: RunningStatus | None
+    current_window: str | None
+    next_window: str | None
+    waiting_for: list[str]               # the guards holding it back
+    leftovers: int                       # tables whose leftovers are not dropped yet
+    leftover_tables: dict[str, list[int]]  # database -> table oids
+    recent: list[RecentRun]
+
+
 class RepackJob:
     def __init__(self, metrics: RepackMetrics, binary: str, pending: Pending) -> None:
         self.metrics = metrics
         self.binary = binary
         self.version: str | None = None
-        self.running: dict[str, Any] | None = None
-        self.recent: deque[dict[str, Any]] = deque(maxlen=20)
+        self.running: RunningStatus | None = None
+        self.recent: deque[RecentRun] = deque(maxlen=20)
         self.pending = pending
         self.log_bytes: dict[str, int] = {}
         self._wake = anyio.Event()
@@ -78,12 +109,11 @@ class RepackJob:
         self._started: dict[str, int] = {}          # window occurrence -> runs started
         self._exhausted: set[str] = set()
 
-    def status(self) -> dict[str, Any]:
-        return {"binary": self.binary, "version": self.version, "running": self.running,
-                "current_window": self.current_window, "next_window": self.next_window,
-                "waiting_for": list(self.waiting_for),
-                "leftovers": self.pending.count(), "leftover_tables": dict(self.pending.tables),
-                "recent": list(self.recent)}
+    def status(self) -> RepackStatus:
+        return RepackStatus(binary=self.binary, version=self.version, running=self.running,
+                            current_window=self.current_window, next_window=self.next_window,
+                            waiting_for=list(self.waiting_for), leftovers=self.pending.count(),
+                            leftover_tables=dict(self.pending.tables), recent=list(self.recent))
 
     # ------------------------------------------------------------------ main loop
     async def run(self, ctx: Context, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -286,7 +316,7 @@ class RepackJob:
                     held = False
 
         self._started[slot.key] = self._started.get(slot.key, 0) + 1
-        self.running = {"database": target.database, "table": target.name, "since": time.time()}
+        self.running = RunningStatus(database=target.database, table=target.name, since=time.time())
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(keepalive)
@@ -305,12 +335,11 @@ class RepackJob:
         History.load(ctx.config.state_dir / "repack.json").record(
             target.key, out.result.value, time.time(),
             out.reclaimed_bytes, total_bytes=target.total_bytes, duration=out.duration_seconds)
-        self.recent.appendleft({"database": target.database, "table": target.name, "result": out.result.value,
-                                "reason": out.reason, "reclaimed_bytes": out.reclaimed_bytes,
-                                "duration_seconds": round(out.duration_seconds, 3),
-                                "guard": out.trip.guard.value if out.trip else None,
-                                "stop_to_clean_seconds": out.stop_to_clean_seconds,
-                                "leftovers": out.leftovers, "at": time.time()})
+        self.recent.appendleft(RecentRun(
+            database=target.database, table=target.name, result=out.result.value, reason=out.reason,
+            reclaimed_bytes=out.reclaimed_bytes, duration_seconds=round(out.duration_seconds, 3),
+            guard=out.trip.guard.value if out.trip else None, stop_to_clean_seconds=out.stop_to_clean_seconds,
+            leftovers=out.leftovers, at=time.time()))
 
 
 def components(ctx: Context) -> list[Component]:

@@ -17,6 +17,7 @@ import functools
 import os
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import anyio
@@ -25,9 +26,24 @@ from psycopg import sql
 
 from agent.core.config import RepackConfig
 from agent.core.state import NodeState
-from agent.repack.metrics import Guard
 
 SAMPLE_TIMEOUT = 1.0  # seconds; server-side bound of one guard sample
+
+
+class Guard(StrEnum):
+    CONFIRMED_PRIMARY = "confirmed_primary"
+    FAILOVER_PENDING = "failover_pending"
+    CLUSTER_PAUSED = "cluster_paused"
+    DCS_UP = "dcs_up"
+    REPACK_LOCK = "repack_lock"
+    REPLICATION_LAG = "replication_lag"
+    LOCK_WAITERS = "lock_waiters"
+    TRANSACTION_AGE = "transaction_age"
+    FREE_DISK = "free_disk"
+    ARCHIVE_BACKLOG = "archive_backlog"
+    WINDOW_END = "window_end"
+    GUARD_SAMPLE = "guard_sample"  # the guard figures could not be read: not knowing means stop
+    DISABLED = "disabled"          # repack.enabled turned false by a reload
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from agent.repack.guards import Guard
+
 
 class RepackResult(StrEnum):
     SUCCESS = "success"                            # relfilenode changed
@@ -14,22 +16,6 @@ class RepackResult(StrEnum):
     REFUSED = "refused"                            # pg_repack refused the table (no key, leftover trigger)
     FAILED = "failed"                              # pg_repack reported an error
     ABORTED = "aborted"                            # a guard stopped it (or the agent stopped)
-
-
-class Guard(StrEnum):
-    CONFIRMED_PRIMARY = "confirmed_primary"
-    FAILOVER_PENDING = "failover_pending"
-    CLUSTER_PAUSED = "cluster_paused"
-    DCS_UP = "dcs_up"
-    REPACK_LOCK = "repack_lock"
-    REPLICATION_LAG = "replication_lag"
-    LOCK_WAITERS = "lock_waiters"
-    TRANSACTION_AGE = "transaction_age"
-    FREE_DISK = "free_disk"
-    ARCHIVE_BACKLOG = "archive_backlog"
-    WINDOW_END = "window_end"
-    GUARD_SAMPLE = "guard_sample"  # the guard figures could not be read: not knowing means stop
-    DISABLED = "disabled"          # repack.enabled turned false by a reload
 
 
 class RepackMetrics:

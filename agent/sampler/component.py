@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import anyio.abc
@@ -45,6 +45,19 @@ BACKOFF_MAX = 30.0
 SOURCES: dict[str, Callable[[], Source]] = {PgStatMonitor.name: PgStatMonitor, PgStatStatements.name: PgStatStatements}
 
 
+class SamplerStatus(TypedDict):
+    source: str | None
+    watermark: int | None
+    series: int
+    queryids_kept: int
+    buckets_lost: dict[str, int]     # per reason
+    reads: int
+    read_failures: dict[str, int]    # per reason
+    fallback: str | None             # why `auto` reads pg_stat_statements although pgsm is installed
+    unavailable: str | None          # why it is not reading now
+    save_error: str | None           # why the state file cannot be written
+
+
 class Sampler:
     def __init__(self, ctx: Context) -> None:
         self.path: Path = ctx.config.state_dir / "sampler.json"
@@ -63,12 +76,12 @@ class Sampler:
         """Why the state file could not be written, while it cannot."""
         return self.writer.error
 
-    def status(self) -> dict[str, Any]:
-        return {"source": self.health.source, "watermark": self.state.watermark,
-                "series": len(self.state.totals.series), "queryids_kept": len(self.state.totals.kept),
-                "buckets_lost": dict(self.state.totals.buckets_lost), "reads": self.health.reads,
-                "read_failures": dict(self.health.read_failures), "fallback": self.health.fallback,
-                "unavailable": self.unavailable, "save_error": self.writer.error}
+    def status(self) -> SamplerStatus:
+        return SamplerStatus(source=self.health.source, watermark=self.state.watermark,
+                             series=len(self.state.totals.series), queryids_kept=len(self.state.totals.kept),
+                             buckets_lost=dict(self.state.totals.buckets_lost), reads=self.health.reads,
+                             read_failures=dict(self.health.read_failures), fallback=self.health.fallback,
+                             unavailable=self.unavailable, save_error=self.writer.error)
 
     async def open(self, ctx: Context) -> Conn:
         """Connect and choose the source; settings and schema are read once per session."""

@@ -23,7 +23,7 @@ from agent.lab.agents import Agent
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import Etcd
 from agent.repack import guards
-from agent.repack.metrics import Guard
+from agent.repack.guards import Guard
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 

@@ -17,6 +17,7 @@ from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import Etcd
 from agent.lab.procs import wait_until
+from agent.status.contract import SECTIONS, conform
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +158,7 @@ def test_cluster_view_reads_the_member_keys_in_etcd_when_the_local_patroni_is_do
     assert "(member keys in etcd)" in text.splitlines()[0]
 
 
-def test_every_status_key_is_documented(cluster: Cluster, run_dir: Path, etcd: Etcd) -> None:
+def test_every_status_key_is_documented_and_fits_the_contract(cluster: Cluster, run_dir: Path, etcd: Etcd) -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs/architecture.md").read_text()
     doc = doc[doc.index("## `/status` (JSON)"):]
     agents = Agents(run_dir, cluster, [etcd.url], extra_toml=(
@@ -174,5 +175,9 @@ def test_every_status_key_is_documented(cluster: Cluster, run_dir: Path, etcd: E
         keys |= {k for c in body["components"].values() for k in c}
         missing = sorted(k for k in keys if f"`{k}`" not in doc)
         assert not missing, f"/status keys not in docs/architecture.md: {missing}"
+        # what a real agent writes fits the types the view reads, every section of it
+        typed, why = conform(body)
+        assert typed is not None, why
+        assert "unreadable" not in typed and set(typed) >= SECTIONS, typed.get("unreadable")
     finally:
         agents.stop()

@@ -5,33 +5,64 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.status import agent_url, problems, render_cluster, render_node
+from agent.archive.rounds import ArchiveStatus, ArchiveView
+from agent.core.state import NodeState
+from agent.status import AgentStatus, agent_url, conform, problems, render_cluster, render_node
+
+Raw = dict[str, Any]
 
 
-def member(name: str, role: str = "replica", **kw: Any) -> dict[str, Any]:
+def member(name: str, role: str = "replica", **kw: Any) -> Raw:
     return {"name": name, "role": role, "state": "running" if role == "leader" else "streaming",
             "host": "10.0.0." + name[-1], "timeline": 2, **kw}
 
 
-def agent(name: str, leader: str = "pg1", **state: Any) -> dict[str, Any]:
-    s = {"role": "primary" if name == leader else "replica", "leader": leader, "confirmed_primary": name == leader,
-         "dcs_up": True, "patroni_up": True, "postgres_up": True, "disagreement": ""}
-    s.update(state)
-    return {"node": name, "scope": "main", "version": "0.1.0", "state": s,
-            "components": {"cluster_watch": {"up": True, "restarts": 0}},
-            "archive": {"healthy": True, "ready_files": 0, "reasons": []},
-            "watchdog": {"enabled": True, "withholding": [], "last_feed_age_seconds": 0.4}}
+def component(up: bool = True) -> Raw:
+    return {"up": up, "restarts": 0, "last_error": "", "heartbeat_age_seconds": 0.5}
 
 
-def view(rows: list[tuple[dict[str, Any], dict[str, Any] | None]]) -> dict[str, Any]:
-    v: dict[str, Any] = {"scope": "main", "patroni_url": "http://127.0.0.1:8008", "members": [
-        {"member": m, "agent_url": f"http://{m['host']}:9188", "agent": a, "error": "" if a else "ConnectError"}
-        for m, a in rows]}
-    v["problems"] = problems(v)
+def archive(**kw: Any) -> Raw:
+    return {**ArchiveView().status(), "healthy": True, "ready_files": 0, **kw}
+
+
+def sampler(**kw: Any) -> Raw:
+    return {"source": "pg_stat_statements", "watermark": None, "series": 0, "queryids_kept": 0, "buckets_lost": {},
+            "reads": 1, "read_failures": {}, "fallback": None, "unavailable": None, "save_error": None, **kw}
+
+
+def repack(**kw: Any) -> Raw:
+    return {"binary": "/usr/bin/pg_repack", "version": "1.5.0", "running": None, "current_window": None,
+            "next_window": None, "waiting_for": [], "leftovers": 0, "leftover_tables": {}, "recent": [], **kw}
+
+
+def agent(name: str, leader: str = "pg1", **state: Any) -> Raw:
+    """A body as a real agent writes it: the state from NodeState itself, full sections."""
+    s: Raw = {**NodeState(member=name).as_dict(), "role": "primary" if name == leader else "replica",
+              "leader": leader, "confirmed_primary": name == leader, "dcs_up": True, "patroni_up": True,
+              "postgres_up": True, "disagreement": "", **state}
+    return {"node": name, "scope": "main", "version": "0.1.0", "config": "/etc/pg-node-agent/agent.toml",
+            "ready": True, "uptime_seconds": 12.5, "state": s, "components": {"cluster_watch": component()},
+            "archive": archive(),
+            "watchdog": {"enabled": True, "systemd_period_seconds": 10.0, "device": None, "withholding": [],
+                         "last_feed_age_seconds": 0.4}}
+
+
+def typed(raw: Raw) -> AgentStatus:
+    body, why = conform(raw)
+    assert body is not None, why
+    return body
+
+
+def view(rows: list[tuple[Raw, Raw | None]]) -> Raw:
+    v: Raw = {"scope": "main", "patroni_url": "http://127.0.0.1:8008", "source": "patroni", "paused": False,
+              "error": None, "members": [
+                  {"member": m, "agent_url": f"http://{m['host']}:9188", "agent": typed(a) if a else None,
+                   "error": "" if a else "ConnectError", "auth_refused": None} for m, a in rows]}
+    v["problems"] = problems(v["members"])
     return v
 
 
-def healthy() -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+def healthy() -> list[tuple[Raw, Raw | None]]:
     return [(member("pg1", "leader"), agent("pg1")), (member("pg2"), agent("pg2")), (member("pg3"), agent("pg3"))]
 
 
@@ -57,8 +88,8 @@ def test_each_kind_of_problem_is_named() -> None:
     rows[1] = (member("pg2"), None)
     rows[2] = (member("pg3"), agent("pg3", leader="pg3", confirmed_primary=True, postgres_up=False,
                                     disagreement="split brain: leader key says pg1, PostgreSQL is primary"))
-    rows[2][1]["components"]["sampler"] = {"up": False}
-    rows[2][1]["archive"] = {"healthy": False, "reasons": ["archiver failing"]}
+    rows[2][1]["components"]["sampler"] = component(up=False)
+    rows[2][1]["archive"] = archive(healthy=False, reasons=["archiver failing"])
     p = view(rows)["problems"]
     assert p == [
         "pg2: agent not reachable at http://10.0.0.2:9188 (ConnectError)",
@@ -105,12 +136,12 @@ def test_rendered_table_marks_the_down_agent_and_withheld_watchdog() -> None:
 
 def test_node_view_names_each_job() -> None:
     a = agent("pg1")
-    a["repack"] = {"running": {"database": "app", "table": "public.t"}, "leftovers": 0, "waiting_for": []}
-    a["sampler"] = {"source": "pg_stat_monitor", "series": 120, "watermark": "2026-11-24T08:00:00",
-                    "buckets_lost": {"expired": 2, "reset": 1, "restart": 0}}
-    out = render_node(a)
+    a["repack"] = repack(running={"database": "app", "table": "public.t", "since": 1.0})
+    a["sampler"] = sampler(source="pg_stat_monitor", series=120, watermark=1795939200,
+                           buckets_lost={"expired": 2, "reset": 1, "restart": 0})
+    out = render_node(typed(a))
     assert "lost buckets 3 (expired 2, reset 1)" in out
-    assert "role primary  leader pg1  view None  confirmed primary yes" in out
+    assert "role primary  leader pg1  view unknown  confirmed primary yes" in out
     assert "  watchdog  fed 0.4s" in out
     assert "  sampler   pg_stat_monitor 120 series" in out
     assert "  repack    RUNNING app.public.t" in out
@@ -120,30 +151,44 @@ def test_node_view_names_each_job() -> None:
 def test_a_sampler_without_source_is_a_problem_and_shows_why() -> None:
     rows = healthy()
     assert rows[1][1] is not None
-    rows[1][1]["sampler"] = {"source": None, "series": 0, "unavailable": "source 'auto' not installed"}
+    rows[1][1]["sampler"] = sampler(source=None, unavailable="source 'auto' not installed")
     v = view(rows)
     assert v["problems"] == ["pg2: sampler not reading: source 'auto' not installed"]
     assert "NOT READING" in render_cluster(v).splitlines()[3]
-    assert "  sampler   NOT READING (source 'auto' not installed)" in render_node(rows[1][1])
+    assert "  sampler   NOT READING (source 'auto' not installed)" in render_node(typed(rows[1][1]))
 
 
-def test_malformed_bodies_from_other_processes_do_not_crash_the_view() -> None:
-    odd: dict[str, Any] = {"node": "pg2", "state": None, "components": {"x": None}, "watchdog": [],
-                           "sampler": "?", "repack": {"running": "yes", "waiting_for": [1]},
-                           "archive": {"healthy": False, "reasons": [3]}}
-    rows: list[tuple[dict[str, Any], dict[str, Any] | None]] = [
+def test_a_body_whose_core_does_not_fit_the_contract_is_no_agents_status() -> None:
+    odd: Raw = {**agent("pg2"), "state": None}
+    assert conform(odd) == (None, "not an agent's /status (state: not an object)")
+    assert conform({**agent("pg2"), "components": {"x": None}})[1] == "not an agent's /status (components[x]: not an object)"
+    assert conform({**agent("pg2"), "ready": 1})[1] == "not an agent's /status (ready: int, expected bool)"
+    assert conform([1])[0] is None
+    assert agent_url({"host": "10.0.0.1", "tags": "nope"}, "http://x:9188") == "http://10.0.0.1:9188"
+
+
+def test_sections_that_do_not_fit_their_type_are_named_not_half_read() -> None:
+    odd = {**agent("pg2"), "watchdog": [], "sampler": "?", "repack": repack(running="yes", waiting_for=[1]),
+           "archive": {"error": "KeyError: 'x'"}}  # a section that raised on the agent
+    rows: list[tuple[Raw, Raw | None]] = [
         (member("pg1", "leader", tags=["not", "a", "dict"]), agent("pg1")), (member("pg2"), odd)]
     v = view(rows)
-    assert "pg2: components down: x" in v["problems"] and "pg2: archive unhealthy: 3" in v["problems"]
-    assert render_cluster(v).splitlines()[3].startswith("pg2")
-    assert render_node(odd).startswith("node pg2")
-    assert agent_url({"host": "10.0.0.1", "tags": "nope"}, "http://x:9188") == "http://10.0.0.1:9188"
+    assert v["problems"] == [
+        "pg2: /status section archive unreadable: KeyError: 'x'",
+        "pg2: /status section repack unreadable: repack.running: not an object",
+        "pg2: /status section sampler unreadable: sampler: not an object",
+        "pg2: /status section watchdog unreadable: watchdog: not an object",
+    ]
+    assert render_cluster(v).splitlines()[3].split()[-4:] == ["UNREADABLE"] * 4
+    node = render_node(typed(odd))
+    assert node.startswith("node pg2")
+    assert "  watchdog  UNREADABLE (watchdog: not an object)" in node and "  archive   UNREADABLE (KeyError: 'x')" in node
 
 
 async def test_an_unusable_agent_url_is_a_problem_not_a_traceback() -> None:
     import httpx
 
-    from agent.status import _get
+    from agent.status.fetch import _get
 
     async with httpx.AsyncClient() as client:
         body, err = await _get(client, "http://10.0.0.1:abc/status")
@@ -178,3 +223,16 @@ def test_credentials_go_over_https_to_the_members_own_address_only() -> None:
     assert far and "203.0.113.7 is not the member's address (10.0.0.1, fd00::1)" in far
     assert credential_refusal("https://203.0.113.7:9188", m, ["203.0.113.7"]) is None
     assert credential_refusal("https://agent1.example:9188", {"name": "n2"}) is not None
+
+
+def test_the_state_section_names_every_nodestate_field_and_real_sections_fit_the_contract() -> None:
+    from dataclasses import fields
+
+    from agent.core.state import StateStatus
+    from agent.status.contract import mismatch
+
+    st = NodeState(member="pg1").as_dict()
+    assert set(st) == set(StateStatus.__annotations__) >= {f.name for f in fields(NodeState)}
+    assert mismatch(st, StateStatus) is None
+    assert mismatch(ArchiveView().status(), ArchiveStatus) is None
+    assert mismatch({**ArchiveView().status(), "ready_files": "3"}, ArchiveStatus) == "ready_files: str, expected int"

@@ -5,7 +5,7 @@ a wedged loop does, and then systemd restarts the agent."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TypedDict
 
 import anyio
 import anyio.abc
@@ -34,6 +34,14 @@ class WatchdogMetrics:
                              registry=registry)
 
 
+class WatchdogStatus(TypedDict):
+    enabled: bool
+    systemd_period_seconds: float | None
+    device: str | None
+    withholding: list[str]                   # the stale components while feeds are withheld
+    last_feed_age_seconds: float | None
+
+
 class Feeder:
     def __init__(self, ctx: Context, metrics: WatchdogMetrics, notifier: Notifier | None = None) -> None:
         self.ctx = ctx
@@ -45,10 +53,10 @@ class Feeder:
         self.last_feed: float | None = None
         self.withholding: list[str] = []
 
-    def status(self) -> dict[str, Any]:
-        return {"enabled": self.enabled, "systemd_period_seconds": self.period, "device": self.device_name,
-                "withholding": list(self.withholding),
-                "last_feed_age_seconds": round(time.time() - self.last_feed, 1) if self.last_feed else None}
+    def status(self) -> WatchdogStatus:
+        return WatchdogStatus(enabled=self.enabled, systemd_period_seconds=self.period, device=self.device_name,
+                              withholding=list(self.withholding),
+                              last_feed_age_seconds=round(time.time() - self.last_feed, 1) if self.last_feed else None)
 
     def _device(self) -> Device:
         cfg = self.ctx.config.watchdog

@@ -167,3 +167,19 @@ def test_missing_config_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_example_file_is_the_generated_one() -> None:
     assert (ROOT / "config/agent.example.toml").read_text() == config.example_toml()
+
+
+@pytest.mark.parametrize(("section", "extra"), [("etcd", 'username = "agent"\npassword_file'),
+                                                ("postgres", "password_file"), ("patroni", "key_file")])
+def test_a_secret_file_readable_by_others_is_refused_naming_its_key(tmp_path: Path, section: str, extra: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("pw\n")
+    secret.chmod(0o644)
+    text = MINIMAL.replace("[etcd]\n", "[etcd]\n" + (f'{extra} = "secret"\n' if section == "etcd" else ""))
+    if section != "etcd":
+        text += f'[{section}]\n{extra} = "secret"\n'
+    with pytest.raises(ConfigError) as ei:
+        config.load(write(tmp_path, text))
+    assert ei.value.key == f"{section}.{extra.rpartition(chr(10))[2]}" and "readable by others" in str(ei.value)
+    secret.chmod(0o600)
+    config.load(write(tmp_path, text))

@@ -13,8 +13,7 @@ from agent.core.events import (
     Role,
 )
 from agent.core.state import NodeState, reduce
-from agent.repack.guards import Sample, Trip, Volume, evaluate, sample_trips, state_trips, volumes
-from agent.repack.metrics import Guard
+from agent.repack.guards import Guard, Sample, Trip, Volume, evaluate, sample_trips, state_trips, volumes
 
 CFG = RepackConfig(enabled=True, max_replication_lag_bytes=1000, max_lock_waiters=1, max_transaction_age=Duration(60),
                    min_free_disk_ratio=2.2, max_archive_ready_files=10)

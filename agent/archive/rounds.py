@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import psycopg
 import structlog
 
-from agent.archive import collect
+from agent.archive import pg_snapshot
 from agent.archive import pgbackrest as pgbr
 from agent.archive.checks import (
     Assessment,
@@ -28,6 +28,47 @@ from agent.archive.metrics import ArchiveMetrics
 from agent.core.config import ArchiveConfig
 
 log = structlog.get_logger("archive")
+
+
+class PgbackrestStatus(TypedDict):
+    info_error: str | None
+    status_code: int | None
+    status_message: str | None
+    last_backup_label: str | None
+    last_backup_stop: float | None
+    archive_max: str | None
+    repo_behind_segments: int | None
+    check_ran: bool
+    check_reason: str | None
+
+
+class ArchiveStatus(TypedDict):
+    """/status `archive`; what PostgreSQL tells is null until it has been read, `pgbackrest`
+    null without a stanza."""
+
+    healthy: bool | None
+    reasons: list[str]
+    error: str | None
+    last_run: dict[str, float]       # per check, epoch seconds
+    last_success: dict[str, float]
+    expected: bool | None
+    in_recovery: bool | None
+    archive_mode: str | None
+    archive_command_set: bool | None
+    archive_timeout_seconds: float | None
+    wal_segment_size: int | None
+    failing: bool | None
+    failed_count: int | None
+    last_archived_wal: str | None
+    last_failed_wal: str | None
+    last_archived_time: str | None
+    last_failed_time: str | None
+    ready_files: int | None
+    oldest_ready_age_seconds: float | None
+    lag_bytes: int | None
+    rpo_exposure_seconds: float | None
+    notes: list[str]
+    pgbackrest: PgbackrestStatus | None
 
 
 @dataclass
@@ -52,34 +93,31 @@ class ArchiveView:
         if ok:
             self.last_success[check] = now
 
-    def status(self) -> dict[str, Any]:
-        s, a = self.snapshot, self.assessment
-        out: dict[str, Any] = {"healthy": self.healthy, "reasons": list(self.reasons),
-                               "error": self.error or None, "last_run": dict(self.last_run),
-                               "last_success": dict(self.last_success)}
-        if s is not None and a is not None:
-            out.update(
-                expected=a.expected, in_recovery=s.in_recovery, archive_mode=s.archive_mode,
-                archive_command_set=bool(s.archive_command or s.archive_library),
-                archive_timeout_seconds=s.archive_timeout, wal_segment_size=s.wal_segment_size,
-                failing=a.failing, failed_count=s.archiver.failed_count,
-                last_archived_wal=s.archiver.last_archived_wal, last_failed_wal=s.archiver.last_failed_wal,
-                last_archived_time=_iso(s.archiver.last_archived_time),
-                last_failed_time=_iso(s.archiver.last_failed_time),
-                ready_files=s.ready_files, oldest_ready_age_seconds=s.oldest_ready_age,
-                lag_bytes=a.lag_bytes, rpo_exposure_seconds=a.rpo_seconds, notes=list(a.notes),
-            )
-        if self.info is not None or self.info_reason is not None:
-            i = self.info
-            out["pgbackrest"] = {
-                "info_error": self.info_reason, "status_code": i.status_code if i else None,
-                "status_message": i.status_message if i else None,
-                "last_backup_label": i.last_backup_label if i else None,
-                "last_backup_stop": i.last_backup_stop if i else None,
-                "archive_max": i.archive_max if i else None, "repo_behind_segments": self.repo_behind,
-                "check_ran": self.check_ran, "check_reason": self.check_reason,
-            }
-        return out
+    def status(self) -> ArchiveStatus:
+        s, a, i = self.snapshot, self.assessment, self.info
+        return ArchiveStatus(
+            healthy=self.healthy, reasons=list(self.reasons), error=self.error or None,
+            last_run=dict(self.last_run), last_success=dict(self.last_success),
+            expected=a.expected if a else None, in_recovery=s.in_recovery if s else None,
+            archive_mode=s.archive_mode if s else None,
+            archive_command_set=bool(s.archive_command or s.archive_library) if s else None,
+            archive_timeout_seconds=s.archive_timeout if s else None,
+            wal_segment_size=s.wal_segment_size if s else None,
+            failing=a.failing if a else None, failed_count=s.archiver.failed_count if s else None,
+            last_archived_wal=s.archiver.last_archived_wal if s else None,
+            last_failed_wal=s.archiver.last_failed_wal if s else None,
+            last_archived_time=_iso(s.archiver.last_archived_time) if s else None,
+            last_failed_time=_iso(s.archiver.last_failed_time) if s else None,
+            ready_files=s.ready_files if s else None, oldest_ready_age_seconds=s.oldest_ready_age if s else None,
+            lag_bytes=a.lag_bytes if a else None, rpo_exposure_seconds=a.rpo_seconds if a else None,
+            notes=list(a.notes) if a else [],
+            pgbackrest=None if i is None and self.info_reason is None else PgbackrestStatus(
+                info_error=self.info_reason, status_code=i.status_code if i else None,
+                status_message=i.status_message if i else None,
+                last_backup_label=i.last_backup_label if i else None,
+                last_backup_stop=i.last_backup_stop if i else None,
+                archive_max=i.archive_max if i else None, repo_behind_segments=self.repo_behind,
+                check_ran=self.check_ran, check_reason=self.check_reason))
 
 
 def _iso(d: Any) -> str | None:
@@ -94,7 +132,7 @@ async def check_postgres(conn: psycopg.AsyncConnection[dict[str, Any]], cfg: Arc
                          m: ArchiveMetrics | None) -> None:
     """Snapshot, assess, count new failures. Raises on a query error (the caller reconnects)."""
     try:
-        snap, ready_ok = await collect.snapshot(conn)
+        snap, ready_ok = await pg_snapshot.read(conn)
     except Exception:
         view.mark("archiver", False)
         raise

@@ -67,7 +67,7 @@ async def _optional(conn: psycopg.AsyncConnection[dict[str, Any]], query: str,
         return None
 
 
-async def snapshot(conn: psycopg.AsyncConnection[dict[str, Any]]) -> tuple[PgSnapshot, bool]:
+async def read(conn: psycopg.AsyncConnection[dict[str, Any]]) -> tuple[PgSnapshot, bool]:
     """The snapshot, and whether the .ready backlog could be read."""
     r = await _one(conn, MAIN_SQL)
     ctl = await _optional(conn, CONTROL_SQL, "pg_control")
