@@ -95,8 +95,9 @@ class ClusterWatch:
                 else:
                     self.failed_connects += 1
                     self.connect_failures.inc()
-                if self.listed and isinstance(e, WatchDied) and await self._probe():
-                    # a silent or reset stream while etcd answers: resume at once, no DCS flap
+                if self.listed and isinstance(e, WatchDied) and await self._probe(e):
+                    # a silent or reset stream while etcd answers: resume at once (the DCS flaps
+                    # only if the member said it had no leader)
                     log.info("watch_resumed", reason=str(e), revision=self.cache.revision,
                              endpoint=self.etcd.endpoint)
                     continue
@@ -116,19 +117,51 @@ class ClusterWatch:
                 continue
             attempt = 0
 
-    async def _probe(self) -> bool:
-        """Is etcd answering (linearizable read of the leader key)? Applies nothing: the resumed
-        watch replays, in order, whatever happened since the last applied revision."""
-        try:
-            await self.etcd.range_prefix(self.keys.leader)
-        except EtcdUnavailable:
+    async def _probe(self, died: WatchDied) -> bool:
+        """Is etcd answering a linearizable read of the leader key, on the stream's member or
+        else on another (which then becomes current)? Applies nothing: the resumed watch replays,
+        in order, whatever happened since the last applied revision.
+
+        A dead member (kill -9, reset) is a transport failure: the stream died at once and
+        served nothing stale, so the DCS stays up. A member that says it has no leader (its
+        cancel of the require-leader stream, or a require-leader read) admits that what it served
+        since it lost the leader may be stale: the DCS is down, and the leader unknown, from now
+        until a member with a leader has replayed past the last applied revision (`_behind`)."""
+        said = str(died) if died.reason == "no_leader" else ""
+        if not said:
+            try:
+                await self.etcd.range_prefix(self.keys.leader, failover=False)
+                return True
+            except EtcdUnavailable as err:
+                said = str(err) if restart_reason(str(err), "") == "no_leader" else ""
+        if said:
+            self._dcs(False, said)
+        if len(self.etcd.endpoints) == 1:
             return False
-        return True
+        self.etcd.rotate()
+        # the others may be electing a leader (the dead member was it; a split vote doubles that):
+        # once none has answered, give them the watch deadline. A member without a leader that did
+        # not serve this watch served nothing stale.
+        patience = self.etcd.watch_deadline if self.ctx.state.current.dcs_up else 0.0
+        until: float | None = None
+        attempt = 0
+        while True:
+            try:
+                await self.etcd.range_prefix(self.keys.leader)
+                return True
+            except EtcdUnavailable:
+                self.ctx.liveness.beat("cluster_watch")
+                now = anyio.current_time()
+                until = now + patience if until is None else until
+                if now >= until:
+                    return False
+            await anyio.sleep(backoff(attempt, cap=1.0))
+            attempt += 1
 
     async def _list(self) -> None:
         rev, kvs = await self.etcd.range_prefix(self.keys.prefix)
         self._behind = None  # a listing is the whole truth at its revision
-        self._dcs(True, "")
+        self._dcs(True, f"listed at revision {rev}")
         changes = self.cache.sync(rev, kvs)
         self.revision.set(self.cache.revision)
         if not self.listed:
@@ -194,7 +227,10 @@ class ClusterWatch:
         try:
             return await self.etcd.scope_revisions(self.keys.prefix)
         except EtcdUnavailable as e:
-            err = WatchDied(f"etcd did not answer a read of the scope: {e}", restart_reason(str(e), "deadline"))
+            reason = restart_reason(str(e), "deadline")
+            what = "refused a read of the scope (no leader)" if reason == "no_leader" else \
+                "did not answer a read of the scope"
+            err = WatchDied(f"etcd {what}: {e}", reason)
             err.established = True
             raise err from None
 
@@ -216,7 +252,7 @@ class ClusterWatch:
         if self._behind is not None and (msg.progress or not self._missing(self._behind)):
             self._behind = None
         if self._behind is None:
-            self._dcs(True, "")
+            self._dcs(True, f"watch caught up at revision {self.cache.revision}")
 
     def _emit(self, changes: list[KeyChange], revision: int) -> None:
         members_changed = False

@@ -46,7 +46,8 @@ class StateCollector(Collector):
         if s.disagreement:
             dis.add_metric([s.disagreement], 1.0)
         yield dis
-        yield _gauge("pgnode_dcs_up", "1 while etcd answers.", s.dcs_up)
+        yield _gauge("pgnode_dcs_up", "1 while an etcd member with a leader answers and the watch is caught up.",
+                     s.dcs_up)
         yield _gauge("pgnode_postgres_up", "1 while the local PostgreSQL answers.", s.postgres_up)
         yield _gauge("pgnode_patroni_up", "1 while the local Patroni REST API answers.", s.patroni_up)
         yield _gauge("pgnode_failover_pending", "1 while Patroni's failover key exists.", s.failover_pending)

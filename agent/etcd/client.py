@@ -177,7 +177,8 @@ class Etcd:
 
     async def _post(self, path: str, body: dict[str, Any], *, failover: bool = True) -> Any:
         """One unary call, trying each endpoint once starting at the current one (or, without
-        `failover`, only the current one). A rejected token is renewed and the call retried once."""
+        `failover`, only the current one, which stays current: the caller decides where to go).
+        A rejected token is renewed and the call retried once."""
         errors = []
         for _ in self.endpoints if failover else self.endpoints[:1]:
             for _attempt in range(2):
@@ -189,12 +190,14 @@ class Etcd:
                     errors.append(f"{self.endpoint}: {type(e).__name__}: {_text(e)[:200]}")
                     await self._name_ip_filter(e)
                     break
-            self.rotate()
+            if failover:
+                self.rotate()
         raise EtcdUnavailable("; ".join(errors))
 
-    async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:
+    async def range_prefix(self, prefix: str, *, failover: bool = True) -> tuple[int, list[KeyValue]]:
         """Linearizable range over a prefix: (header revision, key values)."""
-        r = await self._post("/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))})
+        r = await self._post("/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))},
+                             failover=failover)
         rev = int(r["header"]["revision"])
         kvs = [KeyValue(unb64(kv["key"]), unb64(kv.get("value", "")), int(kv["mod_revision"]))
                for kv in r.get("kvs", [])]

@@ -91,8 +91,9 @@ class RepackStatus(TypedDict):
 
 
 class RepackJob:
-    def __init__(self, metrics: RepackMetrics, binary: str, pending: Pending) -> None:
+    def __init__(self, metrics: RepackMetrics, binary: str, pending: Pending, lock: RepackLock) -> None:
         self.metrics = metrics
+        self.lock = lock  # one etcd client for the component's lifetime (etcd settings need a restart)
         self.binary = binary
         self.version: str | None = None
         self.running: RunningStatus | None = None
@@ -294,7 +295,7 @@ class RepackJob:
 
     # ------------------------------------------------------------------ running
     async def _run_locked(self, ctx: Context, target: candidates.TableFacts, slot: windows.Slot) -> None:
-        lock = RepackLock(ctx.config.etcd, ctx.config.node.name)
+        lock = self.lock
         try:
             ok, holder = await lock.acquire()
         except Exception as e:
@@ -347,6 +348,7 @@ def components(ctx: Context) -> list[Component]:
         return []
     metrics = RepackMetrics(ctx.registry)
     job = RepackJob(metrics, resolve_binary(ctx.config.repack.binary),
-                    Pending.load(ctx.config.state_dir / "repack-leftovers.json"))
+                    Pending.load(ctx.config.state_dir / "repack-leftovers.json"),
+                    RepackLock(ctx.config.etcd, ctx.config.node.name))
     ctx.status_sections[NAME] = job.status
     return [Component(NAME, job.run)]

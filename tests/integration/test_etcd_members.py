@@ -6,6 +6,7 @@ is seen by every agent exactly once."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -121,11 +122,75 @@ def test_member_cut_off_from_its_peers_is_no_source_of_truth(run_dir: Path, prog
                        and a.status()["state"]["leader"] == "node3", 30,
                        "agent left the cut member and sees the new leader", detail=a.tail)
             assert [ev["new"] for ev in a.logs() if ev.get("event") == "leader_changed"] == ["node2", "node3"]
+            assert a.status()["state"]["leader_changes"] == 1
             assert a.metric("pgnode_dcs_up") == 1.0
+            # the member admitted it has no leader: what it served since may have been stale, so
+            # the DCS was down from then until a member with a leader had replayed past it
+            up, down, back = _dcs_events(a)
+            assert (up["new"], up["endpoint"]) == (True, cut.url), up
+            assert (down["new"], down["endpoint"]) == (False, cut.url), down
+            assert "no leader" in down["reason"], down
+            assert back["new"] is True and back["endpoint"] not in ("", cut.url), back
     finally:
         for a in agents:
             a.stop()
         e.stop()
+
+
+def test_a_node_cut_off_with_its_member_reports_the_dcs_down_until_healed(run_dir: Path) -> None:
+    """A whole node cut off: the agent's only endpoint is the member that lost its peers. It
+    reports the DCS down and the leader unknown, stays so without a restart storm, and is back
+    with the leader changed meanwhile once the partition heals."""
+    reason = netns.available()
+    if reason:
+        pytest.skip(reason)
+    e = EtcdCluster(run_dir, partitionable=True)
+    scope = "island"
+    leader = f"/service/{scope}/leader"
+    a = AgentProc(run_dir, e.endpoints[0], name="node1", scope=scope)
+    try:
+        e.start()
+        e.members[1].put(leader, "node2")
+        a.start().wait_ready()
+        assert a.status()["state"]["leader"] == "node2"
+        pid = a.p.pid if a.p else 0
+        cut = e.partition()
+        wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 30, "pgnode_dcs_up 0 on the cut member",
+                   detail=a.tail)
+        st = a.status()["state"]
+        assert (st["dcs_up"], st["leader"], st["leader_view"]) == (False, None, "unknown"), st
+        assert a.metric('pgnode_leader{member="node2"}') in (None, 0.0)
+        wait_until(lambda: _try_put(e.members[1], leader, "node3"), 20, "a write on the majority side")
+        # it stays down, and retries calmly: no DCS flap, no component or process restart, and
+        # connection attempts no denser than the backoff's floor
+        first = a.status()["cluster_watch"]
+        for _ in range(10):
+            time.sleep(1)
+            s = a.status()
+            assert s["state"]["dcs_up"] is False and s["state"]["leader"] is None, s["state"]
+        last = a.status()
+        assert a.p is not None and a.p.pid == pid and a.p.poll() is None
+        assert last["components"]["cluster_watch"]["restarts"] == 0, last["components"]
+        assert last["cluster_watch"]["stream_deaths"] <= first["stream_deaths"] + 1, (first, last)
+        assert 1 <= last["cluster_watch"]["connect_failures"] - first["connect_failures"] <= 10 / 0.2
+        assert [ev["new"] for ev in _dcs_events(a)] == [True, False]
+        e.heal()
+        wait_until(lambda: a.metric("pgnode_dcs_up") == 1.0 and a.status()["state"]["leader"] == "node3", 60,
+                   "back with the new leader after the partition heals", detail=a.tail)
+        _, down, back = _dcs_events(a)
+        assert "no leader" in down["reason"] and down["endpoint"] == cut.url, down
+        assert back["new"] is True and back["endpoint"] == cut.url, back
+        assert [ev["new"] for ev in a.logs() if ev.get("event") == "leader_changed"] == ["node2", "node3"]
+        assert a.status()["state"]["leader_changes"] == 1
+        assert a.metric('pgnode_leader{member="node3"}') == 1.0
+        assert a.p is not None and a.p.pid == pid and a.p.poll() is None
+    finally:
+        a.stop()
+        e.stop()
+
+
+def _dcs_events(a: AgentProc) -> list[dict[str, Any]]:
+    return [ev for ev in a.logs() if ev.get("event") == "dcs_availability_changed"]
 
 
 def _try_put(member: Any, key: str, value: str) -> bool:
@@ -134,3 +199,43 @@ def _try_put(member: Any, key: str, value: str) -> bool:
     except RuntimeError:
         return False
     return True
+
+
+def test_killing_the_raft_leader_the_agent_reads_from_is_no_dcs_outage(run_dir: Path) -> None:
+    """The agent's member is also the raft leader: kill -9 leaves the others without a leader
+    until they elect one (a split vote doubles that), and they refuse require-leader reads
+    meanwhile. That is the cluster electing, not a member serving a stale view: the agent waits
+    for them, resumes, and sees the change made after the election, without a DCS flap."""
+    e = EtcdCluster(run_dir)
+    scope = "elect"
+    leader = f"/service/{scope}/leader"
+    a = AgentProc(run_dir, e.endpoints[0], name="node1", scope=scope)
+    a.config.write_text(a.config.read_text().replace(
+        f'endpoints = ["{e.endpoints[0]}"]', "endpoints = " + json.dumps(e.endpoints)))
+    try:
+        e.start()
+        first = e.members[0]
+
+        def raft() -> tuple[dict[str, int], int]:
+            status = json.loads(first.etcdctl("endpoint", "status", "--cluster", "-w", "json"))
+            return ({s["Endpoint"].rstrip("/"): s["Status"]["header"]["member_id"] for s in status},
+                    status[0]["Status"]["leader"])
+
+        ids, raft_leader = raft()
+        if raft_leader != ids[first.url]:
+            e.member(next(u for u, i in ids.items() if i == raft_leader)).etcdctl(
+                "move-leader", format(ids[first.url], "x"))
+        assert raft()[1] == ids[first.url]
+        e.members[1].put(leader, "node2")
+        a.start().wait_ready()
+        assert a.status()["state"]["leader"] == "node2"
+        first.kill9()
+        wait_until(lambda: _try_put(e.members[1], leader, "node3"), 30, "a write after the election")
+        wait_until(lambda: a.status()["state"]["leader"] == "node3", 30, "the agent sees the new leader",
+                   detail=a.tail)
+        assert a.status()["cluster_watch"]["endpoint"] != first.url
+        assert [ev["new"] for ev in _dcs_events(a)] == [True], _dcs_events(a)
+        assert [ev["new"] for ev in a.logs() if ev.get("event") == "leader_changed"] == ["node2", "node3"]
+    finally:
+        a.stop()
+        e.stop()
