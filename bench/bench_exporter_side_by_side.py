@@ -48,6 +48,7 @@ from psycopg import sql
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, wait_until
 from agent.lab.rundir import new_run_dir, remove_run_dir
+from bench.loopprobe import LoopProbe, Window
 from tests.integration.testlab.postgres import PgInstance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -268,18 +269,23 @@ def run_exporter(run: Path, pg: PgInstance, scrapes: int, procs: list[Proc]) -> 
 class LoopLag:
     steps: int
     step_max_ms: list[float]  # the longest loop stall seen during each sampler step
+    step_net_ms: list[float]  # the same less the time the loop's thread waited for a CPU
+    step_saved: list[bool]  # whether the step wrote the state file
     step_cpu_ms: list[float]  # the longest CPU time of one event-loop callback during each step
     worst_callback: str
     idle_max_ms: float  # the longest stall outside steps (the probe's own noise floor)
+    idle_net_ms: float
     state_bytes: int
     minutes: float
 
 
-async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path) -> LoopLag:
-    """The sampler's real component in this process's event loop, with a probe task that sleeps
-    1 ms at a time and records how late it wakes (the loop's stall), split by whether a sampler
-    step was running. A thread re-runs the N statements back to back, so every read has up to N
-    deltas (the worst case). Bytes written to the state file come from the sampler's counter."""
+async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, period: float) -> LoopLag:
+    """The sampler's real component in this process's event loop, with a probe task
+    (bench/loopprobe.py) recording the loop's stalls, split by whether a sampler step was
+    running. Another process re-runs the N statements back to back, so every read has up to N
+    deltas (the worst case; `period` > 0: one pass every `period` seconds, which at the sampler's
+    interval still gives every read N deltas, with less CPU taken from the agent). Bytes written
+    to the state file come from the sampler's counter."""
     import anyio
     from prometheus_client import CollectorRegistry
 
@@ -296,8 +302,9 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path) -> 
     sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
     in_step = False
     primed = anyio.Event()
-    step_max: list[float] = []
-    idle_max = 0.0
+    probe = LoopProbe()
+    steps: list[Window] = []
+    step_saved: list[bool] = []
     real_step = sampler.step
 
     # The probe's wall-clock lag includes waiting for a CPU on a busy box; the CPU time of each
@@ -333,40 +340,34 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path) -> 
     async def timed_step(c: Context, conn: Any) -> float:
         nonlocal in_step
         in_step = True
-        step_max.append(0.0)
+        steps.append(probe.open())
         step_cpu.append(0.0)
+        written = sampler.health.state_bytes_written
         try:
             return await real_step(c, conn)
         finally:
             in_step = False
+            probe.close()
+            step_saved.append(sampler.health.state_bytes_written != written)
             if sampler.health.reads >= 1:
                 primed.set()
 
     sampler.step = timed_step  # type: ignore[method-assign,assignment]
 
-    async def probe() -> None:
-        nonlocal idle_max
-        while True:
-            t = time.perf_counter()
-            await anyio.sleep(0.001)
-            lag = (time.perf_counter() - t - 0.001) * 1000
-            if in_step:
-                step_max[-1] = max(step_max[-1], lag)
-            else:
-                idle_max = max(idle_max, lag)
-
     ctx.liveness.register("sampler")
     # the load runs in a process of its own: in a thread it would hold this process's GIL
-    load = Proc("load", [sys.executable, __file__, "--fill-forever", str(pg.socket_dir), str(pg.port), str(n)],
+    load = Proc("load", [sys.executable, __file__, "--fill-forever", str(pg.socket_dir), str(pg.port), str(n),
+                         str(period)],
                 state_dir.parent / "load.log", env=dict(os.environ), cwd=ROOT)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(probe)
+        tg.start_soon(probe.run)
         await tg.start(comp.run, ctx)  # type: ignore[arg-type]
         await primed.wait()  # the priming read and its write are not the steady state
-        step_max.clear()
+        steps.clear()
+        step_saved.clear()
         step_cpu.clear()
         worst[:] = [0.0, ""]
-        idle_max = 0.0
+        probe.outside = Window()
         b0, t0 = getattr(sampler.health, "state_bytes_written", -1), time.monotonic()
         load.start(10)
         try:
@@ -380,14 +381,30 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path) -> 
     by_gen = {g: max((ms for gg, ms in gc_loop if gg == g), default=0.0) for g in (0, 1, 2)}
     print(f"garbage collections in the loop's thread during steps: {len(gc_loop)}, longest (CPU) by generation "
           + ", ".join(f"gen{g} {ms:.2f} ms" for g, ms in by_gen.items()))
-    return LoopLag(len(step_max), step_max, step_cpu, str(worst[1]), idle_max, b1 - b0, (t1 - t0) / 60)
+    saved = [w.net_ms for w, wrote in zip(steps, step_saved, strict=False) if wrote]
+    print(f"steps that wrote the state file: {len(saved)}, their stall less waiting for a CPU max "
+          f"{max(saved, default=0):.2f} ms; other steps max "
+          f"{max((w.net_ms for w, wrote in zip(steps, step_saved, strict=False) if not wrote), default=0):.2f} ms")
+    return LoopLag(len(steps), [w.wall_ms for w in steps], [w.net_ms for w in steps], step_saved, step_cpu,
+                   str(worst[1]), probe.outside.wall_ms, probe.outside.net_ms, b1 - b0, (t1 - t0) / 60)
 
 
-def run_loop_lag(run: Path, pg: PgInstance, n: int, minutes: float) -> LoopLag:
+def run_loop_lag(run: Path, pg: PgInstance, n: int, minutes: float, period: float,
+                 switch_interval: float | None) -> LoopLag:
     import anyio
 
-    gc.freeze()  # as agent.app.run does before its event loop starts
-    return anyio.run(_loop_lag, pg, n, minutes, run / "inproc-state")
+    from agent.app import tune_runtime
+
+    tune_runtime()  # as agent.app.run does before its event loop starts
+    if switch_interval is not None:
+        sys.setswitchinterval(switch_interval)
+    print(f"GIL switch interval {sys.getswitchinterval() * 1000:g} ms; load: "
+          + (f"one pass every {period:g} s" if period > 0 else "back to back")
+          + "; load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    try:
+        return anyio.run(_loop_lag, pg, n, minutes, run / "inproc-state", period)
+    finally:
+        print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 def table(rows: list[Result]) -> str:
@@ -399,22 +416,27 @@ def table(rows: list[Result]) -> str:
     return "\n".join(out)
 
 
-def fill_forever(socket_dir: str, port: int, n: int) -> None:
-    """The load of the loop-lag phase: the N statements again and again, until stopped."""
+def fill_forever(socket_dir: str, port: int, n: int, period: float) -> None:
+    """The load of the loop-lag phase: the N statements again and again (a pass every `period`
+    seconds when > 0, else back to back), until stopped."""
     import psycopg
 
     with psycopg.connect(host=socket_dir, port=port, user="postgres", dbname="postgres", autocommit=True) as c:
         stmts = [sql.SQL("SELECT {} FROM bench_t WHERE {} = %s").format(
             sql.Identifier(f"c{i % COLUMNS}"), sql.Identifier(f"c{i // COLUMNS}")) for i in range(n)]
         while True:
+            t = time.monotonic()
             with c.pipeline():
                 for i, q in enumerate(stmts):
                     c.execute(q, (i,))
+            if period > 0:
+                time.sleep(max(0.0, t + period - time.monotonic()))
 
 
 def side_by_side(run: Path, pg: PgInstance, args: argparse.Namespace, procs: list[Proc]) -> bool:
     """(a) the agent process, (b) postgres_exporter, on the same N entries; whether the agent met its targets."""
-    have_exporter = EXPORTER.exists() or shutil.which("prometheus-postgres-exporter") is not None
+    have_exporter = not args.no_exporter and (
+        EXPORTER.exists() or shutil.which("prometheus-postgres-exporter") is not None)
     agent_res, extra = run_agent(run, pg, args.n, args.scrapes, procs)
     st = extra["status"]
     print(f"agent sampler: reads={st.get('reads')} series={st.get('series')} "
@@ -432,7 +454,7 @@ def side_by_side(run: Path, pg: PgInstance, args: argparse.Namespace, procs: lis
     results = [agent_res]
     if have_exporter:
         results.append(run_exporter(run, pg, args.scrapes, procs))
-    else:
+    elif not args.no_exporter:
         print(f"{EXPORTER} is not installed (apt-get install -y --no-install-recommends "
               "prometheus-postgres-exporter): exporter side skipped")
     print()
@@ -452,8 +474,8 @@ def side_by_side(run: Path, pg: PgInstance, args: argparse.Namespace, procs: lis
 
 
 def main() -> int:
-    if len(sys.argv) == 5 and sys.argv[1] == "--fill-forever":
-        fill_forever(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--fill-forever":
+        fill_forever(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10000, help="distinct statements (at most 10000)")
@@ -462,6 +484,12 @@ def main() -> int:
     ap.add_argument("--lag-minutes", type=float, default=5.0,
                     help="minutes of the in-process loop-lag and write-rate phase (0: skip it)")
     ap.add_argument("--lag-only", action="store_true", help="only the loop-lag phase")
+    ap.add_argument("--no-exporter", action="store_true", help="(a) without (b): the agent's figures only")
+    ap.add_argument("--load-period", type=float, default=SAMPLER_INTERVAL,
+                    help="loop-lag phase: seconds between passes of the N statements (0: back to back); "
+                         "at the sampler's interval every read still has N deltas")
+    ap.add_argument("--switch-interval", type=float, default=None,
+                    help="loop-lag phase: sys.setswitchinterval() instead of the agent's (seconds)")
     args = ap.parse_args()
     if not 1 <= args.n <= COLUMNS * COLUMNS:
         ap.error(f"--n must be within 1..{COLUMNS * COLUMNS}")
@@ -474,13 +502,15 @@ def main() -> int:
         prepare(pg, args.n)
         ok = args.lag_only or side_by_side(run, pg, args, procs)
         if args.lag_minutes > 0:
-            lag = run_loop_lag(run, pg, args.n, args.lag_minutes)
+            lag = run_loop_lag(run, pg, args.n, args.lag_minutes, args.load_period, args.switch_interval)
             per_min = lag.state_bytes / 1000 / lag.minutes
             worst = max(lag.step_max_ms, default=0.0)
-            print(f"\nin-process sampler, N={args.n} statements re-run back to back, {lag.minutes:.1f} min, "
+            print(f"\nin-process sampler, N={args.n} statements re-run, {lag.minutes:.1f} min, "
                   f"{lag.steps} steps: loop stall during a step p50 {statistics.median(lag.step_max_ms or [0]):.2f} ms, "
                   f"p99 {percentile(lag.step_max_ms or [0], 99):.2f} ms, max {worst:.2f} ms "
-                  f"(outside steps max {lag.idle_max_ms:.2f} ms); longest loop callback (CPU) during a step "
+                  f"(outside steps max {lag.idle_max_ms:.2f} ms); less waiting for a CPU: p50 "
+                  f"{statistics.median(lag.step_net_ms or [0]):.2f} ms, p99 {percentile(lag.step_net_ms or [0], 99):.2f} ms, "
+                  f"max {max(lag.step_net_ms, default=0):.2f} ms (outside steps max {lag.idle_net_ms:.2f} ms); longest loop callback (CPU) during a step "
                   f"p50 {statistics.median(lag.step_cpu_ms or [0]):.2f} ms, p99 {percentile(lag.step_cpu_ms or [0], 99):.2f} ms, "
                   f"max {max(lag.step_cpu_ms, default=0):.2f} ms; "
                   f"state file {per_min:.1f} KB/min ({lag.state_bytes} bytes)\nlongest callback: {lag.worst_callback}")

@@ -9,7 +9,9 @@ Starts a throwaway PostgreSQL 15 (agent.lab), installs the stand-in, writes N di
   agent/core/supervisor.py does with `ctx.cached_metrics`: the first call after an ingest
   renders the query series, later calls serve their cached bytes;
 
-and reports series count, bytes per scrape and the process RSS (now and peak).
+and reports series count, bytes per scrape and the process RSS (now and peak), and the event
+loop's longest stall (bench/loopprobe.py) during the sampler's step (read, aggregation and fold
+of the N x 4 rows: the pg_stat_monitor path) and during the first render.
 
     .venv/bin/python bench/bench_sampler_scrape.py [N ...]
 """
@@ -17,22 +19,27 @@ and reports series count, bytes per scrape and the process RSS (now and peak).
 from __future__ import annotations
 
 import asyncio
+import gc
 import resource
 import statistics
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 from prometheus_client import CollectorRegistry, generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.app import tune_runtime
 from agent.core import config as config_mod
 from agent.core import http
 from agent.core.context import Context
 from agent.lab.rundir import new_run_dir, remove_run_dir
 from agent.sampler.component import Sampler, components
+from bench.loopprobe import LoopProbe
 from tests.integration.pgsm_standin import loader
 from tests.integration.testlab.postgres import PgInstance
 
@@ -75,12 +82,26 @@ async def one(pg: PgInstance, n: int, state_dir: Path) -> None:
     ctx = Context.create(cfg, CollectorRegistry())
     (comp,) = components(ctx)
     s: Sampler = comp.run.__self__  # type: ignore[attr-defined]
-    s.state.watermark = int(bucket.timestamp()) - 60  # as if the previous bucket had been read
+    s.state = replace(s.state, watermark=int(bucket.timestamp()) - 60)  # as if the previous bucket had been read
     conn = await s.open(ctx)
+    gc.collect()
+    tune_runtime()  # as agent.app.run does (gc.freeze: what exists now lives as long as the process)
     rss_before, peak_before = rss_mb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    t0 = time.perf_counter()
-    await s.step(ctx, conn)
-    ingest = time.perf_counter() - t0
+    probe = LoopProbe()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(probe.run)
+        await anyio.sleep(0.2)
+        in_step = probe.open()
+        t0 = time.perf_counter()
+        await s.step(ctx, conn)
+        ingest = time.perf_counter() - t0
+        api = http.Api(ctx.registry, lambda: (True, {}), lambda: {}, {}, ctx.cached_metrics)
+        in_render = probe.open()
+        t = time.perf_counter()
+        body, _ctype = await api.metrics("")  # first scrape after the ingest: renders the query series
+        first = time.perf_counter() - t
+        probe.close()
+        tg.cancel_scope.cancel()
     await conn.close()
     registries = [ctx.registry, *(c.registry for c in ctx.cached_metrics)]
     full_times, full = [], b""
@@ -88,14 +109,10 @@ async def one(pg: PgInstance, n: int, state_dir: Path) -> None:
         t = time.perf_counter()
         full = b"".join(generate_latest(r) for r in registries)
         full_times.append(time.perf_counter() - t)
-    api = http.Api(ctx.registry, lambda: (True, {}), lambda: {}, {}, ctx.cached_metrics)
-    t = time.perf_counter()
-    body, _ctype = api.metrics("")  # first scrape after the ingest: renders the query series
-    first = time.perf_counter() - t
     api_times = []
     for _ in range(50):
         t = time.perf_counter()
-        body, _ctype = api.metrics("")
+        body, _ctype = await api.metrics("")
         api_times.append(time.perf_counter() - t)
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
     full_series = sum(1 for line in full.splitlines() if line and not line.startswith(b"#"))
@@ -107,6 +124,9 @@ async def one(pg: PgInstance, n: int, state_dir: Path) -> None:
         f"  Api.metrics (agent render path): lines={series} bytes={len(body)} "
         f"first after ingest={first * 1000:.2f} ms, cached p50={statistics.median(api_times) * 1000:.3f} ms "
         f"max={max(api_times) * 1000:.3f} ms\n"
+        f"  event loop's longest stall (wall / less waiting for a CPU): during the step "
+        f"{in_step.wall_ms:.2f} / {in_step.net_ms:.2f} ms, during the first render {in_render.wall_ms:.2f} / "
+        f"{in_render.net_ms:.2f} ms\n"
         f"  RSS before the read {rss_before:.1f} MiB (peak so far {peak_before:.1f} MiB, the loader's COPY "
         f"included), after ingest and renders {rss_mb():.1f} MiB "
         f"(peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f} MiB)"

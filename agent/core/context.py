@@ -20,7 +20,8 @@ from agent.core.state import StateStore
 @dataclass
 class CachedMetrics:
     """Series that change only when their job ingests (thousands of query series): rendered once
-    per `version()` change and served as bytes, so a scrape stays cheap whatever their count."""
+    per `version()` change, in a worker thread, and served as bytes, so a scrape stays cheap
+    whatever their count. Their collectors must read snapshots that nothing changes in place."""
 
     registry: CollectorRegistry
     version: Callable[[], int]

@@ -60,7 +60,7 @@ def oldest_visible_start(now: float, bucket_time: int, max_buckets: int) -> int:
     return aligned(now, bucket_time) - (max_buckets - 1) * bucket_time
 
 
-@dataclass
+@dataclass(frozen=True)
 class Watch:
     """What the extension's memory held at the last read, to tell a quiet server from a wiped one.
 

@@ -92,6 +92,7 @@ class Entries:
 
 @dataclass
 class DeltaResult:
+    baseline: PgssDeltas  # what the next read is compared with
     batch: Batch = field(default_factory=Batch)  # the increments, summed per (queryid, labels)
     primed: bool = False
     reset: bool = False  # stats_reset moved: every entry restarted from zero
@@ -99,14 +100,17 @@ class DeltaResult:
     recreated: int = 0  # entries whose counters went down: evicted and recreated
 
 
-@dataclass
+@dataclass(frozen=True)
 class PgssDeltas:
+    """The baseline: the last read as it was read, never changed (`apply` returns the next)."""
+
     prev: Entries | None = None
     stats_reset: str | None = None
     dealloc: int | None = None
 
     def apply(self, cur: Entries, stats_reset: str | None, dealloc: int | None) -> DeltaResult:
-        """Increments since the last read.
+        """Increments since the last read, and the baseline for the next (`cur`, which the
+        caller hands over: it must not change after this).
 
         - First read (no state): prime only; counting the whole history would double what an
           earlier life of the agent exported.
@@ -118,7 +122,7 @@ class PgssDeltas:
           and an entry recreated *above* its old value is undetectable there.
         - A key not seen before: new since the last read (it would have been in `prev`).
         """
-        res = DeltaResult()
+        res = DeltaResult(PgssDeltas(cur, stats_reset, dealloc))
         prev = self.prev
         if prev is None:
             res.primed = True
@@ -143,8 +147,6 @@ class PgssDeltas:
                         d = cv[a:a + NFIELDS].tolist()
                 if d[CALLS] > 0:
                     res.batch.add(str(cur.qids[i]), cur.labels[i], d, None)
-        self.prev = cur
-        self.stats_reset, self.dealloc = stats_reset, dealloc
         return res
 
     def to_json(self) -> dict[str, Any]:

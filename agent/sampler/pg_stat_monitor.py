@@ -13,7 +13,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ from psycopg import sql
 
 from agent.sampler.buckets import (
     ReadPlan,
+    Watch,
     aligned,
     lost_buckets,
     newest_ready_start,
@@ -31,10 +32,9 @@ from agent.sampler.buckets import (
     reset_evidence,
     seconds_until_next_ready,
 )
-from agent.sampler.metrics import Health
 from agent.sampler.persist import SamplerState
-from agent.sampler.source import Conn, SourceUnreadable, read_chunks
-from agent.sampler.totals import Batch
+from agent.sampler.source import Conn, Folded, Idle, Level, Limits, SourceUnreadable, read_chunks
+from agent.sampler.totals import Batch, Totals
 
 log = structlog.get_logger("sampler")
 
@@ -230,14 +230,60 @@ def _ts(epoch: int) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
+Event = tuple[Level, str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class PgsmRead:
+    """One read of the buckets in (plan.lo, plan.hi], aggregated (`batches`, not changed after
+    the read), with the settings and server time it was made with."""
+
+    settings: PgsmSettings
+    plan: ReadPlan
+    now: float
+    batches: Batches
+    duration: float
+    wait: float
+
+    @property
+    def rows(self) -> int:
+        return self.batches.rows
+
+    def fold(self, st: SamplerState, limits: Limits) -> Folded:
+        """Each finished bucket added to a copy of the totals, oldest first (so top-N promotion
+        sees buckets as they happened), errors and warnings too, and the buckets the extension
+        lost counted; the watermark moves to plan.hi. A priming read only takes the baseline."""
+        s, plan, b = self.settings, self.plan, self.batches
+        totals, events = st.totals, list[Event]()
+        if s.le != totals.le:
+            totals = totals.copy()
+            totals.set_bounds(s.le)
+            events.append(("info", "sampler_histogram_bounds_set", {"bins": len(s.le)}))
+        if plan.prime:  # a new baseline: nothing before it is ours to count, lost or not
+            events.append(("info", "sampler_watermark_primed", {"watermark": plan.hi}))
+            return Folded(replace(st, totals=totals, watermark=plan.hi, pgsm=Watch(seen=b.summary, read_at=self.now)),
+                          events=tuple(events), ingested_bucket=plan.hi)
+        if totals is st.totals:
+            totals = totals.copy()
+        for bucket in sorted(b.buckets):
+            totals.add(b.buckets[bucket], limits.top_n, limits.max_series)
+        totals.add_errors((elevel, sqlcode, calls) for (elevel, sqlcode), calls in b.errors.items())
+        totals.add_warnings(b.warnings.items())
+        watch, resets, lost_events = account_losses(s, plan, self.now, b, st.pgsm, totals)
+        return Folded(replace(st, totals=totals, watermark=plan.hi, pgsm=watch), resets=resets,
+                      events=(*events, *lost_events), histogram_mismatches=b.histogram_mismatches,
+                      ingested_bucket=plan.hi)
+
+
 class PgStatMonitor:
     name = "pg_stat_monitor"
+    urgent_save = True  # consumed buckets must be on disk before the extension expires them
 
     def __init__(self) -> None:
         self.settings: PgsmSettings | None = None
         self._columns: set[str] | None = None
         self._select: tuple[tuple[str, ...], sql.Composed] | None = None  # per label list
-        self._clock_back_logged = False
+        self._clock_back_seen = False
 
     async def connected(self, conn: Conn) -> None:
         async with conn.cursor() as cur:
@@ -270,72 +316,52 @@ class PgStatMonitor:
                  bucket_time_seconds=self.settings.bucket_time, max_buckets=self.settings.max_buckets,
                  histogram_bins=len(self.settings.le), columns=len(cols))
 
-    async def step(self, conn: Conn, st: SamplerState, now: float, top_n: int, max_series: int,
-                   grace: float, health: Health) -> tuple[float, bool]:
+    async def read(self, conn: Conn, st: SamplerState, now: float, limits: Limits) -> PgsmRead | Idle:
+        """The finished buckets after the watermark, or Idle when none is finished yet."""
         if self.settings is None or self._columns is None:
-            raise RuntimeError("step() before connected()")
+            raise RuntimeError("read() before connected()")
         bt = self.settings.bucket_time
-        wait = seconds_until_next_ready(now, bt, grace)
-        plan = plan_read(st.watermark, now, bt, grace)
+        wait = seconds_until_next_ready(now, bt, limits.grace)
+        plan = plan_read(st.watermark, now, bt, limits.grace)
         if plan is None:
-            back = st.watermark is not None and newest_ready_start(now, bt, grace) < st.watermark
-            if back and not self._clock_back_logged:
-                log.warning("sampler_clock_stepped_back", watermark=st.watermark, server_now=now)
-                resets = health.source_resets
-                resets["clock_stepped_back"] = resets.get("clock_stepped_back", 0) + 1
-                self._clock_back_logged = True
-            return wait, False
-        self._clock_back_logged = False
-        if st.totals.set_bounds(self.settings.le):
-            log.info("sampler_histogram_bounds_set", bins=len(self.settings.le))
+            back = st.watermark is not None and newest_ready_start(now, bt, limits.grace) < st.watermark
+            if back and not self._clock_back_seen:  # counted once per episode, not per step
+                self._clock_back_seen = True
+                return Idle(wait, resets=(("clock_stepped_back", 1),), events=(
+                    ("warning", "sampler_clock_stepped_back", {"watermark": st.watermark, "server_now": now}),))
+            return Idle(wait)
+        self._clock_back_seen = False
         names = st.totals.label_names
         if self._select is None or self._select[0] != names:
             self._select = (names, build_select(self._columns, names, self.settings.has_cmd_type))
         t0 = time.perf_counter()
         batches = Batches(len(names), self.settings.error_level)
         await read_chunks(conn, self._select[1], {"lo": _ts(plan.lo), "hi": _ts(plan.hi)}, batches.add_rows)
-        health.last_duration = time.perf_counter() - t0
-        health.reads += 1
-        health.rows_read += batches.rows
-        if plan.prime:  # a new baseline: nothing before it is ours to count, lost or not
-            st.pgsm = type(st.pgsm)(seen=batches.summary, read_at=now)
-            st.watermark = plan.hi
-            health.last_ingested_bucket = float(plan.hi)
-            log.info("sampler_watermark_primed", watermark=plan.hi)
-            return wait, True
-        self.ingest(batches, st, top_n, max_series, health)
-        account_losses(self.settings, plan, now, batches, st, health)
-        st.watermark = plan.hi
-        health.last_ingested_bucket = float(plan.hi)
-        return wait, True
-
-    def ingest(self, batches: Batches, st: SamplerState, top_n: int, max_series: int,
-               health: Health) -> None:
-        """One batch per bucket, oldest first, so top-N promotion sees buckets as they happened."""
-        health.histogram_mismatches += batches.histogram_mismatches
-        for b in sorted(batches.buckets):
-            st.totals.add(batches.buckets.pop(b), top_n, max_series)
-        st.totals.add_errors((elevel, sqlcode, calls) for (elevel, sqlcode), calls in batches.errors.items())
-        st.totals.add_warnings(batches.warnings.items())
+        return PgsmRead(self.settings, plan, now, batches, time.perf_counter() - t0, wait)
 
 
-def account_losses(settings: PgsmSettings, plan: ReadPlan, now: float, batches: Batches,
-                   st: SamplerState, health: Health) -> None:
-    """Counts the buckets of this read a restart, a reset or expiry destroyed, by reason."""
-    bt, mb, w = settings.bucket_time, settings.max_buckets, st.pgsm
+def account_losses(settings: PgsmSettings, plan: ReadPlan, now: float, batches: Batches, w: Watch,
+                   totals: Totals) -> tuple[Watch, tuple[tuple[str, int], ...], list[Event]]:
+    """Counts into `totals` the buckets of this read a restart, a reset or expiry destroyed, by
+    reason; returns the next Watch, the resets seen and what to log."""
+    bt, mb = settings.bucket_time, settings.max_buckets
+    resets: tuple[tuple[str, int], ...] = ()
+    events: list[Event] = []
+    reset_by = w.reset_by
     if w.restart_at is None:
         b = reset_evidence(w.seen, batches.summary, now, bt, mb, since=plan.lo)
         if b is not None:
             since = [s for _c, s in batches.summary.values() if s is not None]
-            w.reset_by = reset_bound(w.read_at, now, min(since, default=None))
-            log.warning("sampler_pgsm_reset_seen", evidence_bucket=b, reset_before=w.reset_by)
-            health.source_resets["pgsm_reset"] = health.source_resets.get("pgsm_reset", 0) + 1
-    lost = lost_buckets(plan, now, bt, mb, batches.seen, restart_at=w.restart_at, reset_by=w.reset_by)
+            reset_by = reset_bound(w.read_at, now, min(since, default=None))
+            events.append(("warning", "sampler_pgsm_reset_seen", {"evidence_bucket": b, "reset_before": reset_by}))
+            resets = (("pgsm_reset", 1),)
+    lost = lost_buckets(plan, now, bt, mb, batches.seen, restart_at=w.restart_at, reset_by=reset_by)
     if lost:
-        st.totals.add_lost(lost)
-        log.warning("sampler_buckets_lost", watermark=plan.lo, newest=plan.hi, **lost)
-    if w.restart_at is not None and aligned(w.restart_at, bt) <= plan.hi:
-        w.restart_at = None
-    if w.reset_by is not None and aligned(w.reset_by, bt) <= plan.hi:
-        w.reset_by = None
-    w.seen, w.read_at = batches.summary, now
+        totals.add_lost(lost)
+        events.append(("warning", "sampler_buckets_lost", {"watermark": plan.lo, "newest": plan.hi, **lost}))
+    restart_at = w.restart_at
+    if restart_at is not None and aligned(restart_at, bt) <= plan.hi:
+        restart_at = None
+    if reset_by is not None and aligned(reset_by, bt) <= plan.hi:
+        reset_by = None
+    return Watch(seen=batches.summary, read_at=now, restart_at=restart_at, reset_by=reset_by), resets, events

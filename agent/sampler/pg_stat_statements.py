@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-import anyio
 import structlog
 from psycopg import sql
-from psycopg.rows import tuple_row
 
-from agent.sampler.deltas import DeltaResult, Entries
-from agent.sampler.metrics import Health
+from agent.sampler.deltas import Entries
 from agent.sampler.persist import SamplerState
-from agent.sampler.source import Conn, SourceUnavailable
-from agent.sampler.totals import Totals
+from agent.sampler.source import Conn, Folded, Level, Limits, SourceUnavailable, read_chunks
 
 log = structlog.get_logger("sampler")
 
@@ -41,9 +38,6 @@ VALUES: tuple[tuple[tuple[str, ...], float] | None, ...] = (
     (("wal_records",), 1), (("wal_fpi",), 1), (("wal_bytes",), 1), None, None,
 )
 IDENTITY = ("dbid", "userid", "queryid", "toplevel")
-# Rows per FETCH: psycopg turns them into tuples in the event loop's thread, ~7 us a row of 27
-# columns, so 200 rows hold the loop ~1.5 ms (500 held it ~3.5 ms at 10k entries, bench/).
-CHUNK_ROWS = 200
 
 
 @dataclass(frozen=True)
@@ -87,11 +81,36 @@ def build_schema(extversion: str | None, columns: Sequence[str]) -> Schema:
     return Schema(extversion, read, tuple(missing), since)
 
 
+@dataclass(frozen=True, slots=True)
+class PgssRead:
+    """One read: every entry (`entries`, not changed after the read) and the view's info."""
+
+    entries: Entries
+    stats_reset: str | None
+    dealloc: int | None
+    rows: int
+    duration: float
+    wait: float
+
+    def fold(self, st: SamplerState, limits: Limits) -> Folded:
+        """The increments since the baseline, added to a copy of the totals (tens of ms at 10k
+        entries: run in a worker thread); this read becomes the next baseline."""
+        res = st.pgss.apply(self.entries, self.stats_reset, self.dealloc)
+        totals = st.totals.added(res.batch, limits.top_n, limits.max_series) if len(res.batch) else st.totals
+        seen = tuple((kind, k) for kind, k in (("stats_reset", int(res.reset)), ("dealloc", res.dealloc),
+                                               ("recreated", res.recreated)) if k)
+        events: list[tuple[Level, str, dict[str, Any]]] = [
+            ("info", "sampler_pgss_discontinuity_seen", {"kind": kind, "count": k}) for kind, k in seen]
+        if res.primed:
+            events.insert(0, ("info", "sampler_pgss_primed", {"entries": len(self.entries)}))
+        return Folded(replace(st, totals=totals, pgss=res.baseline), resets=seen, events=tuple(events))
+
+
 class PgStatStatements:
     name = "pg_stat_statements"
+    urgent_save = False  # cumulative counters: a crash costs nothing the next read will not count
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
+    def __init__(self) -> None:
         self.schema: Schema | None = None
 
     async def connected(self, conn: Conn) -> None:
@@ -104,53 +123,17 @@ class PgStatStatements:
         log.info("sampler_pgss_detected", extversion=self.schema.extversion,
                  stats_since=self.schema.has_stats_since, missing=list(self.schema.missing))
 
-    async def step(self, conn: Conn, st: SamplerState, now: float, top_n: int, max_series: int,
-                   grace: float, health: Health) -> tuple[float, bool]:
+    async def read(self, conn: Conn, st: SamplerState, now: float, limits: Limits) -> PgssRead:
+        """Every entry, through a server-side cursor in chunks stored in a worker thread."""
         if self.schema is None:
-            raise RuntimeError("step() before connected()")
+            raise RuntimeError("read() before connected()")
         t0 = time.perf_counter()
         async with conn.cursor() as cur:
             await cur.execute(INFO)
             info = await cur.fetchone()
         if info is None:
             raise RuntimeError("pg_stat_statements_info returned no row")
-        cur_entries = Entries(st.totals.label_names)
-        n = await read_into(conn, self.schema.read, cur_entries)
-        health.last_duration = time.perf_counter() - t0
-        health.reads += 1
-        health.rows_read += n
-        # Delta and fold cost tens of ms at 10k entries: off the event loop, in one thread call so
-        # that the new baseline and the totals it produced are taken together or not at all. The
-        # fold works on a copy that replaces the totals, so a scrape never sees them half-updated.
-        res, totals = await anyio.to_thread.run_sync(
-            ingest, st, cur_entries, info["stats_reset"], info["dealloc"], top_n, max_series)
-        st.totals = totals
-        if res.primed:
-            log.info("sampler_pgss_primed", entries=len(cur_entries))
-        seen = (("stats_reset", int(res.reset)), ("dealloc", res.dealloc), ("recreated", res.recreated))
-        for kind, k in seen:
-            if k:
-                health.source_resets[kind] = health.source_resets.get(kind, 0) + k
-                log.info("sampler_pgss_discontinuity_seen", kind=kind, count=k)
-        return self.interval, True
-
-
-def ingest(st: SamplerState, cur: Entries, stats_reset: str | None, dealloc: int | None,
-           top_n: int, max_series: int) -> tuple[DeltaResult, Totals]:
-    """Worker-thread half of a step: the increments since the last read, folded into a copy of
-    the totals. Touches nothing the event loop reads but `st.pgss`, which only the step uses."""
-    res = st.pgss.apply(cur, stats_reset, dealloc)
-    return res, (st.totals.added(res.batch, top_n, max_series) if len(res.batch) else st.totals)
-
-
-async def read_into(conn: Conn, query: sql.Composed, entries: Entries) -> int:
-    """The read through a server-side cursor in chunks; each chunk is stored in a worker thread
-    (10k rows are ~20 ms of Python), so the loop only waits for the network."""
-    n = 0
-    async with conn.transaction(), conn.cursor("pgna_sampler_read", row_factory=tuple_row) as cur:
-        await cur.execute(query)
-        while rows := await cur.fetchmany(CHUNK_ROWS):
-            n += len(rows)
-            await anyio.to_thread.run_sync(entries.add_rows, rows)
-    return n
-
+        entries = Entries(st.totals.label_names)
+        n = await read_chunks(conn, self.schema.read, None, entries.add_rows)
+        return PgssRead(entries, info["stats_reset"], info["dealloc"], n, time.perf_counter() - t0,
+                        limits.interval)

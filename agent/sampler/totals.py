@@ -112,6 +112,9 @@ class Batch:
 
 @dataclass
 class Totals:
+    """The exported counters. A Totals that the sampler has published (scrapes and the state
+    file read it from other threads) is never changed again: a fold works on `copy()`."""
+
     label_names: tuple[str, ...]
     series: dict[tuple[str, ...], list[float]] = field(default_factory=dict)  # (queryid, *labels)
     le: tuple[float, ...] = ()
@@ -122,13 +125,16 @@ class Totals:
     buckets_lost: dict[str, int] = field(default_factory=dict)  # reason -> pg_stat_monitor buckets
     series_folded: int = 0
 
-    def relabel(self, label_names: tuple[str, ...]) -> bool:
-        """A new label list (SIGHUP) starts new series: old ones have other label names, so
-        Prometheus sees new series, not a decrease. Returns whether anything was dropped."""
+    def relabeled(self, label_names: tuple[str, ...]) -> Totals:
+        """For a new label list (SIGHUP), a copy with new series: old ones have other label
+        names, so Prometheus sees new series, not a decrease. Self when the list is the same."""
         if label_names == self.label_names:
-            return False
-        self.label_names, self.series, self.hist = label_names, {}, {}
-        return True
+            return self
+        return replace(self.copy(), label_names=label_names, series={}, hist={})
+
+    def copy(self) -> Totals:
+        """A copy to change: containers new, lists of values in them too."""
+        return replace(self, **{f.name: _copied(getattr(self, f.name)) for f in fields(self)})
 
     def set_bounds(self, le: tuple[float, ...]) -> bool:
         """Histogram bounds changed (GUCs changed at a server restart): histograms start over."""
@@ -176,7 +182,7 @@ class Totals:
 
     def added(self, batch: Batch, top_n: int, max_series: int) -> Totals:
         """A copy with `batch` added; self is left as it was (readers may hold it meanwhile)."""
-        t = replace(self, **{f.name: _copied(getattr(self, f.name)) for f in fields(self)})
+        t = self.copy()
         t.add(batch, top_n, max_series)
         return t
 

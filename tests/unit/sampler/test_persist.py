@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from agent.sampler import persist
@@ -48,7 +49,7 @@ def test_a_torn_or_missing_file_starts_from_zero(tmp_path: Path) -> None:
 
 
 def pgss_state(entries: int) -> persist.SamplerState:
-    from agent.sampler.deltas import Entries
+    from agent.sampler.deltas import Entries, PgssDeltas
 
     st = state_with_calls(1)
     e = Entries()
@@ -56,8 +57,7 @@ def pgss_state(entries: int) -> persist.SamplerState:
         v = [0.0] * NFIELDS
         v[0], v[1], v[12] = float(i), i / 7, 0.1 * i
         e.put((5, 10, 1_000_000_007 * i - 2**62, i % 2 == 0), (), v, 1.7e9 + i if i % 3 else float("nan"))
-    st.pgss.prev, st.pgss.stats_reset, st.pgss.dealloc = e, "2026-12-01 00:00:00+00", 4
-    return st
+    return replace(st, pgss=PgssDeltas(e, "2026-12-01 00:00:00+00", 4))
 
 
 def test_the_pgss_baseline_round_trips_packed(tmp_path: Path) -> None:
@@ -119,3 +119,16 @@ async def test_an_urgent_change_is_written_whatever_the_budget(tmp_path: Path) -
     w.changed(urgent=True)
     await w.maybe_save(st)
     assert h.state_bytes_written > 0 and not w.dirty and not w.urgent
+
+
+def test_the_file_is_encoded_in_pieces_as_json_dumps_would_encode_it() -> None:
+    """persist.encode builds the JSON a piece at a time (a single json.dumps keeps the GIL
+    throughout); the bytes must be exactly json.dumps's."""
+    st = pgss_state(300)
+    t = st.totals.copy()
+    for i in range(200):
+        t.series[(str(i * 7919), "db\u00e9", 'u"1')] = [i / 3, float(i), 1e300, -0.0, *([0.5] * (NFIELDS - 4))]
+    t.warnings["01000"], t.buckets_lost["expired"] = 2.0, 3
+    st = replace(st, totals=t)
+    assert persist.encode(st) == json.dumps(st.to_json(), separators=(",", ":")).encode()
+    assert persist.SamplerState.from_json(json.loads(persist.encode(st))).totals.series == t.series

@@ -21,19 +21,36 @@ def read(*entries: tuple[Key, float]) -> Entries:
     return e
 
 
+class Chain:
+    """Successive reads, each compared with the baseline the previous one returned."""
+
+    def __init__(self, d: PgssDeltas | None = None) -> None:
+        self.d = d or PgssDeltas()
+
+    def apply(self, cur: Entries, stats_reset: str | None, dealloc: int | None) -> DeltaResult:
+        before = self.d
+        res = before.apply(cur, stats_reset, dealloc)
+        assert self.d is before and res.baseline.prev is cur  # the old baseline is left as it was
+        self.d = res.baseline
+        return res
+
+    def to_json(self) -> dict[str, object]:
+        return self.d.to_json()
+
+
 def calls(res: DeltaResult) -> dict[str, float]:
     b = res.batch
     return {qid: b.values(i)[0] for i, (qid, _labels) in enumerate(b.keys)}
 
 
 def test_first_read_primes_without_increments() -> None:
-    d = PgssDeltas()
+    d = Chain()
     res = d.apply(read((K1, 50)), "t0", 0)
     assert res.primed and len(res.batch) == 0
 
 
 def test_increments_are_differences_and_new_entries_count_whole() -> None:
-    d = PgssDeltas()
+    d = Chain()
     d.apply(read((K1, 50), (K2, 7)), "t0", 0)
     res = d.apply(read((K1, 70), (K2, 7), ((10, 5, 333, True), 3)), "t0", 0)
     assert calls(res) == {"111": 20, "333": 3}   # 222 did not run: no row
@@ -41,21 +58,21 @@ def test_increments_are_differences_and_new_entries_count_whole() -> None:
 
 
 def test_stats_reset_takes_current_values_and_never_goes_negative() -> None:
-    d = PgssDeltas()
+    d = Chain()
     d.apply(read((K1, 50)), "t0", 0)
     res = d.apply(read((K1, 60)), "t1", 0)  # reset, then 60 new calls (more than before)
     assert res.reset and calls(res) == {"111": 60}
 
 
 def test_recreated_entry_after_dealloc_counts_its_current_value() -> None:
-    d = PgssDeltas()
+    d = Chain()
     d.apply(read((K1, 50)), "t0", 0)
     res = d.apply(read((K1, 4)), "t0", 7)
     assert res.dealloc == 7 and res.recreated == 1 and calls(res) == {"111": 4}
 
 
 def test_toplevel_and_nested_entries_are_separate_keys() -> None:
-    d = PgssDeltas()
+    d = Chain()
     nested = (10, 5, 111, False)
     d.apply(read((K1, 1), (nested, 1)), "t0", 0)
     res = d.apply(read((K1, 2), (nested, 5)), "t0", 0)
@@ -63,15 +80,15 @@ def test_toplevel_and_nested_entries_are_separate_keys() -> None:
 
 
 def test_a_duplicate_key_in_one_read_replaces_the_earlier_row() -> None:
-    d = PgssDeltas()
+    d = Chain()
     d.apply(read((K1, 10)), "t0", 0)
     assert calls(d.apply(read((K1, 12), (K1, 15)), "t0", 0)) == {"111": 5}
 
 
 def test_deltas_state_round_trips() -> None:
-    d = PgssDeltas()
+    d = Chain()
     d.apply(read((K1, 50)), "t0", 2)
-    back = PgssDeltas.from_json(json.loads(json.dumps(d.to_json())))
+    back = Chain(PgssDeltas.from_json(json.loads(json.dumps(d.to_json()))))
     assert calls(back.apply(read((K1, 55)), "t0", 2)) == {"111": 5}
 
 
@@ -91,7 +108,7 @@ def read_since(key: Key, calls: float, since: float | None) -> Entries:
 
 
 def test_a_new_stats_since_means_recreated_even_when_counters_went_up() -> None:
-    d = PgssDeltas()
+    d = Chain()
     d.apply(read_since(K1, 8, 1000.0), "t0", 0)
     res = d.apply(read_since(K1, 12, 2000.0), "t0", 0)
     assert res.recreated == 1 and calls(res) == {"111": 12}
@@ -99,9 +116,9 @@ def test_a_new_stats_since_means_recreated_even_when_counters_went_up() -> None:
 
 
 def test_stats_since_survives_the_state_file() -> None:
-    d = PgssDeltas()
+    d = Chain()
     d.apply(read_since(K1, 8, 1000.0), "t0", 0)
-    back = PgssDeltas.from_json(json.loads(json.dumps(d.to_json())))
+    back = Chain(PgssDeltas.from_json(json.loads(json.dumps(d.to_json()))))
     assert calls(back.apply(read_since(K1, 12, 2000.0), "t0", 0)) == {"111": 12}
 
 

@@ -62,8 +62,10 @@ def test_relabel_starts_new_series_and_keeps_errors() -> None:
     t = Totals(("d", "u"))
     t.add(Batch.of([row("a", 1, 1.0)]), top_n=1, max_series=10)
     t.add_errors([("21", "22012", 3)])
-    assert t.relabel(("d",))
-    assert t.series == {} and t.errors == {("21", "22012"): 3}
+    assert t.relabeled(("d", "u")) is t  # the same labels: nothing to do
+    r = t.relabeled(("d",))
+    assert r.label_names == ("d",) and r.series == {} and r.errors == {("21", "22012"): 3}
+    assert t.label_names == ("d", "u") and len(t.series) == 1  # a published Totals is left as it was
 
 
 def test_state_round_trips_through_json() -> None:
