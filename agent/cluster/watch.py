@@ -39,7 +39,7 @@ class ClusterWatchStatus(TypedDict):
     endpoint: str
     revision: int
     stream_deaths: int      # established streams restarted
-    connect_failures: int   # attempts etcd did not answer
+    connect_failures: int   # attempts that opened no stream (no answer, or a refusal)
     resyncs: int
 
 
@@ -50,8 +50,10 @@ class ClusterWatch:
                                 "previous one ended.", ["reason"], registry=ctx.registry)
         for r in WATCH_REASONS:
             self.restarts.labels(r)
-        self.connect_failures = Counter("pgnode_etcd_connect_failures", "Attempts to list the scope or to "
-                                        "open a watch stream that etcd did not answer.", registry=ctx.registry)
+        self.connect_failures = Counter(
+            "pgnode_etcd_connect_failures", "Attempts to list the scope or to open a watch stream that got no "
+            "stream: etcd did not answer, or refused (an expired token is renewed and retried).",
+            registry=ctx.registry)
         self.revision = Gauge("pgnode_etcd_revision", "Last etcd revision applied from the scope's watch.",
                               registry=ctx.registry)
         self.etcd = etcd

@@ -30,21 +30,24 @@ class AgentProc:
         name: str = "node1",
         scope: str = "demo",
         nofile: tuple[int, int] | None = None,
+        etcd_toml: str = "",
     ) -> None:
         self.nofile = nofile  # (soft, hard) RLIMIT_NOFILE the agent starts with
         self.port = free_port()
         self.run_dir = run_dir
         self.config = run_dir / f"agent-{name}-{self.port}.toml"
         self.log_path = run_dir / f"agent-{name}-{self.port}.log"
-        self.config.write_text(self.render(etcd_url, extra, name, scope))
+        self.config.write_text(self.render(etcd_url, extra, name, scope, etcd_toml))
         self.env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         self.env.update(env or {})
         self.p: subprocess.Popen[bytes] | None = None
 
-    def render(self, etcd_url: str, extra: str, name: str, scope: str) -> str:
+    def render(self, etcd_url: str, extra: str, name: str, scope: str, etcd_toml: str = "") -> str:
+        """`etcd_toml`: more [etcd] keys (TLS files, RBAC user), one a line."""
         return (
             f'[node]\nname = "{name}"\nstate_dir = "{self.run_dir}/state-{self.port}"\n'
             f'[etcd]\nscope = "{scope}"\nendpoints = ["{etcd_url}"]\nwatch_deadline = "3s"\n'
+            + (etcd_toml + "\n" if etcd_toml else "") +
             f'[patroni]\nurl = "http://127.0.0.1:{free_port()}"\n'
             f'[postgres]\nhost = "{self.run_dir}"\nport = {free_port()}\n'
             f"[sampler]\nenabled = false\n[archive]\nenabled = false\n"

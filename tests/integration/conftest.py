@@ -3,6 +3,10 @@
 Session-scoped `etcd` and `cluster` serve tests that only observe (or leave the cluster healthy,
 like a switchover); `fresh_etcd` and `fresh_cluster` are per test, for destructive ones. Run
 directories are deleted after passing tests and kept (path printed) after failures.
+
+`fresh_cluster` and `fresh_agents` run on the default lab unless a test parametrizes
+`lab_variant` with one of `PROD_VARIANTS`: etcd 3.5 with TLS, client certificates and RBAC
+(expiring tokens), Patroni's REST API over HTTPS, under Patroni 4 or 3.
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from pathlib import Path
 
 import pytest
 from testlab.postgres import PgInstance
+from testlab.secure import LabEtcd, start_secure_etcd
 
 from agent.lab import pgversions
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
-from agent.lab.etcd import ETCD_BIN, Etcd
-from agent.lab.patroni import PATRONI_BIN, PG_BIN_DIR
+from agent.lab.etcd import ETCD35_BIN, ETCD_BIN, Etcd
+from agent.lab.patroni import PATRONI3_BIN, PATRONI_BIN, PG_BIN_DIR
 from agent.lab.procs import LAB_USER
 from agent.lab.rundir import new_run_dir, remove_run_dir
 
@@ -106,6 +111,47 @@ def fresh_etcd(run_dir: Path) -> Iterator[Etcd]:
     e.stop()
 
 
+@pytest.fixture
+def secure_etcd(run_dir: Path) -> Iterator[Callable[[str], LabEtcd]]:
+    """`secure_etcd(scope)`: a fresh production-shaped etcd 3.5 (testlab.secure) for `scope`."""
+    started: list[LabEtcd] = []
+
+    def make(scope: str) -> LabEtcd:
+        if not Path(ETCD35_BIN).exists():
+            pytest.skip(f"etcd 3.5 missing (run .ci/install): {ETCD35_BIN}")
+        started.append(start_secure_etcd(run_dir, scope))
+        return started[-1]
+
+    yield make
+    for lab in started:
+        lab.etcd.stop()
+
+
+# lab_variant -> the Patroni it runs, on `secure_etcd` with Patroni's REST API over HTTPS
+PROD_VARIANTS = {"prod": PATRONI_BIN, "prod-patroni3": PATRONI3_BIN}
+
+
+@pytest.fixture
+def lab_variant() -> str:
+    """Which lab `fresh_cluster` and `fresh_agents` build: "default", or a test parametrizes it
+    with PROD_VARIANTS keys."""
+    return "default"
+
+
+@pytest.fixture
+def lab_scope() -> str:
+    return f"t{next(_scopes)}"
+
+
+@pytest.fixture
+def lab_etcd(request: pytest.FixtureRequest, lab_variant: str, lab_scope: str) -> LabEtcd:
+    """The session etcd for the default lab; a `secure_etcd` of the test's own for the others."""
+    if lab_variant == "default":
+        return LabEtcd(request.getfixturevalue("etcd"))
+    secure: Callable[[str], LabEtcd] = request.getfixturevalue("secure_etcd")
+    return secure(lab_scope)
+
+
 @pytest.fixture(scope="session")
 def cluster(session_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
     c = Cluster(session_dir, etcd.url, scope="lab")
@@ -117,9 +163,16 @@ def cluster(session_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-def fresh_cluster(run_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
-    """A cluster of its own (own scope on the session etcd) that a test may break."""
-    c = Cluster(run_dir, etcd.url, scope=f"t{next(_scopes)}")
+def fresh_cluster(run_dir: Path, lab_variant: str, lab_etcd: LabEtcd, lab_scope: str) -> Iterator[Cluster]:
+    """A cluster of its own (own scope on the session etcd, or on the variant's etcd) that a test may break."""
+    if lab_variant == "default":
+        c = Cluster(run_dir, lab_etcd.etcd.url, scope=lab_scope)
+    else:
+        if not PROD_VARIANTS[lab_variant].exists():
+            pytest.skip(f"{lab_variant}: missing (run .ci/install): {PROD_VARIANTS[lab_variant]}")
+        ca = lab_etcd.etcd.tls
+        c = Cluster(run_dir, lab_etcd.etcd.url, scope=lab_scope, tls=ca, etcd_tls=ca,
+                    etcd_user=lab_etcd.patroni_user, patroni_bin=PROD_VARIANTS[lab_variant])
     try:
         c.start()
         yield c
@@ -167,8 +220,8 @@ def pg_any(request: pytest.FixtureRequest) -> PgInstance:
     return request.getfixturevalue("pg_other")(request.param)
 
 
-def _agents_of(run_dir: Path, cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
-    a = Agents(run_dir, cluster, [etcd.url])
+def _agents_of(run_dir: Path, cluster: Cluster, etcd: Etcd, etcd_toml: str = "") -> Iterator[Agents]:
+    a = Agents(run_dir, cluster, [etcd.url], etcd_toml=etcd_toml)
     try:
         a.start()
         yield a
@@ -183,6 +236,6 @@ def agents(run_dir: Path, cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
 
 
 @pytest.fixture
-def fresh_agents(run_dir: Path, fresh_cluster: Cluster, etcd: Etcd) -> Iterator[Agents]:
+def fresh_agents(run_dir: Path, fresh_cluster: Cluster, lab_etcd: LabEtcd) -> Iterator[Agents]:
     """One agent per node of a cluster the test may break."""
-    yield from _agents_of(run_dir, fresh_cluster, etcd)
+    yield from _agents_of(run_dir, fresh_cluster, lab_etcd.etcd, lab_etcd.agent_toml)

