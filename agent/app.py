@@ -15,14 +15,18 @@ from agent.core.config import Config
 from agent.core.context import Context
 from agent.core.sdnotify import Notifier
 from agent.core.supervisor import Component, Supervisor
-from agent.repack import component as repack
 from agent.sampler import component as sampler
 
 
 def components(ctx: Context) -> list[Component]:
     """Each job builds its metrics once, here, so a restarted component reuses them, and returns
     nothing when the config disables it."""
-    return [c for job in (cluster, sampler, archive, repack) for c in job.components(ctx)]
+    jobs = [cluster, sampler, archive]
+    if ctx.config.repack.enabled:  # off by default: pg_repack's modules and APScheduler stay unloaded
+        from agent.repack import component as repack
+
+        jobs.append(repack)
+    return [c for job in jobs for c in job.components(ctx)]
 
 
 def run(cfg: Config) -> int:

@@ -156,10 +156,10 @@ class Agent(AgentProc):
         self.pg = pg
         super().__init__(run_dir, etcd_url, scope=f"s{uuid.uuid4().hex[:8]}")
 
-    def render(self, etcd_url: str, extra: str, name: str, scope: str) -> str:
+    def render(self, etcd_url: str, extra: str, name: str, scope: str, etcd_toml: str = "") -> str:
         return (
             f'[node]\nname = "{name}"\nstate_dir = "{self.run_dir}/state-{self.port}"\n'
-            f'[etcd]\nscope = "{scope}"\nendpoints = ["{etcd_url}"]\n'
+            f'[etcd]\nscope = "{scope}"\nendpoints = ["{etcd_url}"]\n' + (etcd_toml + "\n" if etcd_toml else "") +
             f'[patroni]\nurl = "http://127.0.0.1:1"\n'
             f'[postgres]\nhost = "{self.pg.socket_dir}"\nport = {self.pg.port}\nuser = "{SUPERUSER}"\n'
             f'dbname = "postgres"\n'

@@ -9,7 +9,6 @@ import anyio
 import bcrypt
 import pytest
 
-from agent.core import auth as auth_mod
 from agent.core.auth import FAIL_BURST, Authenticator, Verdict
 
 pytestmark = pytest.mark.anyio
@@ -37,7 +36,7 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         seen.append(hashed)
         return real(pw, hashed)
 
-    monkeypatch.setattr(auth_mod.bcrypt, "checkpw", spy)
+    monkeypatch.setattr(bcrypt, "checkpw", spy)
     return seen
 
 
