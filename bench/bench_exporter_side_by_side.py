@@ -514,8 +514,13 @@ def main() -> int:
                   f"p50 {statistics.median(lag.step_cpu_ms or [0]):.2f} ms, p99 {percentile(lag.step_cpu_ms or [0], 99):.2f} ms, "
                   f"max {max(lag.step_cpu_ms, default=0):.2f} ms; "
                   f"state file {per_min:.1f} KB/min ({lag.state_bytes} bytes)\nlongest callback: {lag.worst_callback}")
-            lag_ok = max(lag.step_cpu_ms, default=0) <= 5 and per_min <= 100
-            print(f"sampler target (stall <= 5 ms, <= 100 KB/min): {'met' if lag_ok else 'MISSED'}")
+            # the target is the wall-clock stall; the agent's own loop time is shown apart
+            wall_ok = worst <= 5
+            own_ok = max(lag.step_cpu_ms, default=0) <= 5
+            print(f"sampler target, wall-clock stall during a step <= 5 ms: {'met' if wall_ok else 'MISSED'}; "
+                  f"longest loop callback (CPU) <= 5 ms: {'met' if own_ok else 'MISSED'}; "
+                  f"<= 100 KB/min: {'met' if per_min <= 100 else 'MISSED'}")
+            lag_ok = wall_ok and own_ok and per_min <= 100
             ok = ok and lag_ok
     finally:
         for p in reversed(procs):
