@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+from pathlib import Path
 
 
 def _ip(*args: str) -> None:
@@ -25,10 +26,19 @@ def _ip_out(*args: str) -> str:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=10).stdout
 
 
+CAP_NET_ADMIN = 12  # linux/capability.h
+
+
 def available() -> str | None:
     """None when namespaces can be made here, else why not."""
     if os.geteuid() != 0:
         return "network namespaces need root"
+    # root without CAP_NET_ADMIN (a container sharing the host's network, e.g. nspawn without
+    # --private-network) cannot make the veth pair: say so instead of failing in `ip link add`
+    status = Path("/proc/self/status").read_text()
+    eff = next((int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("CapEff:")), 0)
+    if not eff & (1 << CAP_NET_ADMIN):
+        return "network namespaces need CAP_NET_ADMIN, which this process lacks (a container without its own network?)"
     return None
 
 

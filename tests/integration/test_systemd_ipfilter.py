@@ -77,6 +77,8 @@ format = "json"
                 pytest.skip(f"{BLOCKED} does not answer here even unfiltered: the filter cannot be told apart")
             walled = ct.run(["systemd-run", "-P", "--wait", "-q", "-p", "IPAddressDeny=any", "python3", "-c", probe],
                             check=False).stdout.strip()
+            if walled == "answered":  # e.g. a container nested in one without cgroup BPF for it
+                pytest.skip("systemd's IPAddressDeny= is not enforced in this container: nothing to tell apart")
             assert walled == "TimeoutError", (free, walled)  # enforced here, and a timeout, not EPERM
             r = ct.systemctl("start", UNIT)
             assert r.returncode == 0, r.stderr + ct.journal(UNIT)[-3000:]
