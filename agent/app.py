@@ -9,7 +9,7 @@ import anyio
 
 from agent.archive import component as archive
 from agent.cluster import component as cluster
-from agent.core import conns
+from agent.core import conns, malloc
 from agent.core import logging as logmod
 from agent.core.config import Config
 from agent.core.context import Context
@@ -52,3 +52,4 @@ def tune_runtime() -> None:
     # event loop, scans only what the jobs made since (32 -> ~10 ms at 10k statements, bench/).
     gc.freeze()
     sys.setswitchinterval(SWITCH_INTERVAL)
+    malloc.fix_mmap_threshold()  # large per-read buffers go back to the kernel when freed
