@@ -18,6 +18,7 @@ import psycopg
 import structlog
 from prometheus_client import CollectorRegistry
 
+from agent.core import malloc
 from agent.core.context import CachedMetrics, Context
 from agent.core.supervisor import Component
 from agent.sampler import persist
@@ -123,6 +124,8 @@ class Sampler:
             self.version += 1
             self.writer.changed(urgent=moved is not None or self.source.urgent_save)
         await self.writer.maybe_save(self.state)  # a failed write is survived, retried next read
+        if folded.changed:  # the read's buffers and the old baseline are freed: their pages go back
+            await anyio.to_thread.run_sync(malloc.trim)
         return read.wait
 
     def _apply(self, f: Folded, read: Read | None = None) -> None:
