@@ -76,7 +76,9 @@ def build_schema(extversion: str | None, columns: Sequence[str]) -> Schema:
     read = sql.SQL(
         "SELECT {} FROM pg_stat_statements(false) s "  # showtext=false: the text file is not read
         "LEFT JOIN pg_database d ON d.oid = s.dbid LEFT JOIN pg_roles r ON r.oid = s.userid "
-        "WHERE s.queryid IS NOT NULL"
+        "WHERE s.queryid IS NOT NULL "
+        # deltas.Entries' key order: the delta merges two reads (an unsorted read is sorted there)
+        "ORDER BY s.queryid, s.dbid, s.userid, s.toplevel"
     ).format(sql.SQL(", ").join(cols))
     return Schema(extversion, read, tuple(missing), since)
 

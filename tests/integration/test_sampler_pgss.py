@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 from prometheus_client import CollectorRegistry
+from psycopg import sql
 from sampler_loop import run_sampler_until
 from structlog.testing import capture_logs
 from testlab.postgres import PgInstance
@@ -21,6 +22,8 @@ from agent.sampler import deltas as deltas_mod
 from agent.sampler import persist
 from agent.sampler import totals as totals_mod
 from agent.sampler.component import Sampler, components
+from agent.sampler.pg_stat_statements import PgStatStatements
+from agent.sampler.source import Limits
 
 
 def make_ctx(pg: PgInstance, state_dir: Path) -> Context:
@@ -338,3 +341,25 @@ async def test_an_unwritable_state_file_is_named_not_an_outage(
     (err,) = [e for e in logs if e["event"] == "sampler_state_not_saved"]  # once, not per read
     assert "IsADirectoryError" in str(err["error"]) and err["path"] == str(tmp_path / "sampler.json")
     assert sampler.unavailable is None
+
+
+async def test_a_read_arrives_in_the_key_order_the_delta_merges(pg15: PgInstance, pgss_db: str) -> None:
+    """The read's ORDER BY gives entries in deltas.Entries' order (signed queryids, then dbid,
+    userid, toplevel), so the agent never sorts a read again (memory: bench/README.md)."""
+    for db in ("pgss_t", "postgres"):
+        with pg15.connect(db) as c:
+            for i in range(1, 41):  # distinct shapes, so distinct queryids (of both signs)
+                c.execute(sql.SQL("SELECT {} FROM (SELECT 1 AS x) t").format(sql.SQL(", ").join([sql.SQL("x")] * i)))
+    ctx = make_ctx(pg15, Path("/nonexistent"))
+    src = PgStatStatements()
+    conn = await ctx.pg_connect("sampler")
+    try:
+        await src.connected(conn)
+        got = await src.read(conn, persist.SamplerState(totals=totals_mod.Totals(("datname",))), 0.0,
+                             Limits(0.2, 1.0, 1000, 1000))
+    finally:
+        await conn.close()
+    e = got.entries
+    assert len({e.dbs[i] for i in range(len(e))}) >= 2 and len(e) >= 80
+    assert min(e.qids) < 0 < max(e.qids)
+    assert e.ordered and e.in_order() is e
