@@ -155,6 +155,9 @@ class PgssDeltas:
             pq, pd, pu, pt = prev.qids, prev.dbs, prev.users, prev.tops
             cq, cd, cu, ct = cur.qids, cur.dbs, cur.users, cur.tops
             j, m = 0, 0 if res.reset else len(prev)
+            run_q: int | None = None  # the queryid whose entries are being summed, as str too
+            qs = ""
+            run: dict[tuple[str, ...], int] = {}  # its aggregates' positions in the batch, by label set
             for i in range(len(cur)):
                 a = i * NFIELDS
                 # both in key order: prev's cursor only moves forward, to this key or past it
@@ -175,7 +178,17 @@ class PgssDeltas:
                         res.recreated += 1
                         d = cv[a:a + NFIELDS].tolist()
                 if d[CALLS] > 0:
-                    res.batch.add(str(q), cur.labels[i], d, None)
+                    # a queryid's entries are adjacent: its aggregates (one per label set) are
+                    # summed here, so the batch needs no index over all of them
+                    if q != run_q:
+                        run_q, qs = q, str(q)
+                        run.clear()
+                    labels = cur.labels[i]
+                    pos = run.get(labels)
+                    if pos is None:
+                        run[labels] = res.batch.append(qs, labels, d)
+                    else:
+                        res.batch.add_to(pos, d)
         return res
 
     def to_json(self) -> dict[str, Any]:

@@ -65,13 +65,19 @@ class Batch:
     labels) as rows arrive, in first-seen order: the values of all aggregates in one array of
     doubles, resp_calls one array each (None once a row of that aggregate had none). Columnar,
     so 10k aggregates cost ~0.3 KB each instead of a list of boxed floats. Sums are made in row
-    order, so the totals do not depend on how rows were chunked."""
+    order, so the totals do not depend on how rows were chunked.
 
-    __slots__ = ("index", "keys", "resp", "vals")
+    `add` finds a row's aggregate through an index; a producer that sums its rows itself (the
+    pgss merge: a queryid's entries are adjacent) uses `append`/`add_to` instead, and the batch
+    keeps no index: at 10k aggregates that is ~0.9 MB less at the peak of a read (a key tuple,
+    a position and a dict slot per aggregate; bench/README.md)."""
+
+    __slots__ = ("_index", "labels", "qids", "resp", "vals")
 
     def __init__(self) -> None:
-        self.index: dict[tuple[str, tuple[str, ...]], int] = {}
-        self.keys: list[tuple[str, tuple[str, ...]]] = []
+        self._index: dict[tuple[str, tuple[str, ...]], int] | None = {}  # None once append() was used
+        self.qids: list[str] = []
+        self.labels: list[tuple[str, ...]] = []
         self.vals: array[float] = array("d")
         self.resp: list[array[float] | None] = []
 
@@ -83,17 +89,14 @@ class Batch:
         return b
 
     def add(self, qid: str, labels: tuple[str, ...], vals: Sequence[float], resp: Sequence[float] | None) -> None:
+        if self._index is None:
+            raise RuntimeError("add() on a batch filled by append(): its aggregates are not indexed")
         k = (qid, labels)
-        i = self.index.get(k)
+        i = self._index.get(k)
         if i is None:
-            self.index[k] = len(self.keys)
-            self.keys.append(k)
-            self.vals.extend(vals)
-            self.resp.append(array("d", resp) if resp is not None else None)
+            self._index[k] = self._push(qid, labels, vals, resp)
             return
-        base, v = i * NFIELDS, self.vals
-        for j, x in enumerate(vals):
-            v[base + j] += x
+        self.add_to(i, vals)
         a = self.resp[i]
         if a is not None and resp is not None:
             if len(a) != len(resp):
@@ -103,11 +106,28 @@ class Batch:
         else:
             self.resp[i] = None
 
+    def append(self, qid: str, labels: tuple[str, ...], vals: Sequence[float]) -> int:
+        """A new aggregate (no resp_calls) that the caller knows is not in the batch; its position."""
+        self._index = None
+        return self._push(qid, labels, vals, None)
+
+    def add_to(self, i: int, vals: Sequence[float]) -> None:
+        base, v = i * NFIELDS, self.vals
+        for j, x in enumerate(vals):
+            v[base + j] += x
+
+    def _push(self, qid: str, labels: tuple[str, ...], vals: Sequence[float], resp: Sequence[float] | None) -> int:
+        self.qids.append(qid)
+        self.labels.append(labels)
+        self.vals.extend(vals)
+        self.resp.append(array("d", resp) if resp is not None else None)
+        return len(self.qids) - 1
+
     def values(self, i: int) -> array[float]:
         return self.vals[i * NFIELDS:(i + 1) * NFIELDS]
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.qids)
 
 
 @dataclass
@@ -164,7 +184,7 @@ class Totals:
         folded = 0
         all_other = (OTHER,) * (1 + len(self.label_names))
         vals = batch.vals
-        for i, (qid, labels) in enumerate(batch.keys):
+        for i, (qid, labels) in enumerate(zip(batch.qids, batch.labels, strict=True)):
             key = (qid if qid in self.kept else OTHER, *labels)
             if key not in self.series and len(self.series) >= max_series:
                 key = all_other
@@ -190,7 +210,7 @@ class Totals:
         if len(self.kept) >= top_n:
             return
         exec_by_q: dict[str, float] = {}
-        for i, (qid, _labels) in enumerate(batch.keys):
+        for i, qid in enumerate(batch.qids):
             exec_by_q[qid] = exec_by_q.get(qid, 0.0) + batch.vals[i * NFIELDS + EXEC]
         for q in sorted(exec_by_q, key=lambda q: (-exec_by_q[q], q))[:top_n]:
             if len(self.kept) >= top_n:

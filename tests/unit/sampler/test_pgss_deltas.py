@@ -41,7 +41,7 @@ class Chain:
 
 def calls(res: DeltaResult) -> dict[str, float]:
     b = res.batch
-    return {qid: b.values(i)[0] for i, (qid, _labels) in enumerate(b.keys)}
+    return {qid: b.values(i)[0] for i, qid in enumerate(b.qids)}
 
 
 def test_first_read_primes_without_increments() -> None:
@@ -55,7 +55,8 @@ def test_increments_are_differences_and_new_entries_count_whole() -> None:
     d.apply(read((K1, 50), (K2, 7)), "t0", 0)
     res = d.apply(read((K1, 70), (K2, 7), ((10, 5, 333, True), 3)), "t0", 0)
     assert calls(res) == {"111": 20, "333": 3}   # 222 did not run: no row
-    assert res.batch.keys[0] == ("111", ("db",)) and res.batch.values(0)[1] == pytest.approx(0.2)
+    assert (res.batch.qids[0], res.batch.labels[0]) == ("111", ("db",))
+    assert res.batch.values(0)[1] == pytest.approx(0.2)
 
 
 def test_stats_reset_takes_current_values_and_never_goes_negative() -> None:
@@ -146,7 +147,7 @@ def test_reads_in_any_row_order_give_the_same_increments() -> None:
         d = Chain()
         d.apply(read(*order(first)), "t0", 0)
         res = d.apply(read(*order(second)), "t0", 0)
-        got = sorted((qid, tuple(res.batch.values(i))) for i, (qid, _labels) in enumerate(res.batch.keys))
+        got = sorted((qid, tuple(res.batch.values(i))) for i, qid in enumerate(res.batch.qids))
         assert want is None or got == want
         want = got
     assert want is not None and dict((q, v[0]) for q, v in want) == {"111": 0 + 1 + 2 + 0, str(-(2**63)): 1,
@@ -157,3 +158,23 @@ def test_a_read_in_key_order_is_not_copied() -> None:
     e = read(*[(k, 1.0) for k in sorted(KEYS, key=lambda k: (k[2], k[1], k[0], k[3]))])
     assert e.ordered and e.in_order() is e
     assert not read((K2, 1), (K1, 1)).ordered
+
+
+def test_a_queryid_run_by_two_users_in_two_databases_sums_per_label_set() -> None:
+    """Labelled by user only, a queryid's entries (in key order: by database, then user) make
+    one aggregate per user, whatever lies between that user's entries."""
+    def by_user(calls: dict[tuple[int, str], float]) -> Entries:
+        e = Entries(("username",))
+        rows = []
+        for (db, user), n in calls.items():
+            v = [0.0] * NFIELDS
+            v[0] = n
+            rows.append((db, 10 if user == "a" else 11, 111, True, f"db{db}", user, *v))
+        e.add_rows(rows)
+        return e
+
+    d = Chain()
+    d.apply(by_user({(1, "a"): 1, (1, "b"): 1, (2, "a"): 1, (2, "b"): 1}), "t0", 0)
+    res = d.apply(by_user({(1, "a"): 2, (1, "b"): 4, (2, "a"): 9, (2, "b"): 1}), "t0", 0)
+    got = {(res.batch.qids[i], res.batch.labels[i]): res.batch.values(i)[0] for i in range(len(res.batch))}
+    assert got == {("111", ("a",)): 1 + 8, ("111", ("b",)): 3 + 0}

@@ -1,3 +1,5 @@
+import pytest
+
 from agent.sampler.totals import FIELDS, NFIELDS, OTHER, Batch, QueryRow, Totals
 
 
@@ -87,3 +89,14 @@ def test_state_written_before_loss_reasons_keeps_its_missed_buckets_as_expired()
     del d["buckets_lost"], d["warnings"]
     d["buckets_missed"] = 3
     assert Totals.from_json(d).buckets_lost == {"expired": 3}
+
+
+def test_a_batch_filled_by_append_refuses_an_unindexed_add() -> None:
+    """append() keeps no index (its producer sums its own rows): a later add() could not find
+    the aggregate and would count it twice, so it is refused."""
+    b = Batch()
+    i = b.append("1", ("db",), [1.0] * NFIELDS)
+    b.add_to(i, [2.0] * NFIELDS)
+    assert len(b) == 1 and b.values(0)[0] == 3.0
+    with pytest.raises(RuntimeError):
+        b.add("1", ("db",), [1.0] * NFIELDS, None)
