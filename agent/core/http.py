@@ -68,7 +68,7 @@ class Api:
             return
         path = scope["path"]
         if path == "/metrics":
-            await _respond(send, 200, *await self.metrics(headers.get("accept", "")))
+            await _respond(send, 200, *await self.metrics_parts(headers.get("accept", "")))
         elif path == "/health":
             ok, body = self.health()
             await _respond(send, 200 if ok else 503, _json(body), "application/json")
@@ -78,32 +78,48 @@ class Api:
             await _respond(send, 404, b"not found\n", "text/plain")
 
     async def metrics(self, accept: str) -> tuple[bytes, str]:
+        parts, ctype = await self.metrics_parts(accept)
+        return b"".join(parts), ctype
+
+    async def metrics_parts(self, accept: str) -> tuple[list[bytes], str]:
+        """The body of /metrics in pieces, sent as they are: the cached query series (~0.2 MB
+        at 10k statements) are not copied into one body on every scrape, in the loop's thread."""
         encoder, ctype = choose_encoder(accept)
-        parts = [encoder(self.registry)]
+        eof = b"# EOF\n"
+        live = encoder(self.registry)
+        openmetrics = live.endswith(eof)  # OpenMetrics: one EOF marker, at the very end
+        parts = [live.removesuffix(eof)]
         for i, part in enumerate(self.cached):
             v = part.version()
             hit = self._rendered.get((i, ctype))
             if hit is None or hit[0] != v:
                 # A cached part is large (the query series: tens of ms at 10k statements): it
                 # renders in a worker thread, from the snapshot its collectors read (never changed).
-                hit = (v, await anyio.to_thread.run_sync(encoder, part.registry))
+                hit = (v, await anyio.to_thread.run_sync(_render, encoder, part.registry, eof))
                 self._rendered[(i, ctype)] = hit
             parts.append(hit[1])
-        eof = b"# EOF\n"
-        if parts[0].endswith(eof):  # OpenMetrics: one EOF marker, at the very end
-            parts = [p.removesuffix(eof) for p in parts] + [eof]
-        return b"".join(parts), ctype
+        if openmetrics:
+            parts.append(eof)
+        return parts, ctype
+
+
+def _render(encoder: Callable[[CollectorRegistry], bytes], registry: CollectorRegistry, eof: bytes) -> bytes:
+    return encoder(registry).removesuffix(eof)
 
 
 def _json(body: Any) -> bytes:
     return json.dumps(body, default=str, sort_keys=True).encode() + b"\n"
 
 
-async def _respond(send: Send, code: int, body: bytes, ctype: str,
+async def _respond(send: Send, code: int, body: bytes | list[bytes], ctype: str,
                    extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = [(b"content-type", ctype.encode()), (b"content-length", str(len(body)).encode())]
+    parts = [body] if isinstance(body, bytes) else [p for p in body if p]
+    headers = [(b"content-type", ctype.encode()), (b"content-length", str(sum(map(len, parts))).encode())]
     await send({"type": "http.response.start", "status": code, "headers": headers + (extra or [])})
-    await send({"type": "http.response.body", "body": body})
+    for i, p in enumerate(parts):
+        await send({"type": "http.response.body", "body": p, "more_body": i < len(parts) - 1})
+    if not parts:
+        await send({"type": "http.response.body", "body": b""})
 
 
 KEEP_ALIVE = 5.0  # seconds an idle connection (or one that never sends a request) is kept

@@ -43,7 +43,10 @@ async def call(app: Api, path: str, headers: dict[str, str] | None = None, metho
     scope = {"type": "http", "method": method, "path": path,
              "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
     await app(scope, receive, send)
-    return sent[0]["status"], sent[1]["body"]
+    body = b"".join(m["body"] for m in sent[1:])
+    assert [m.get("more_body", False) for m in sent[1:]] == [True] * (len(sent) - 2) + [False]
+    assert dict(sent[0]["headers"])[b"content-length"] == str(len(body)).encode()
+    return sent[0]["status"], body
 
 
 async def test_cached_series_render_once_per_version_and_openmetrics_has_one_eof() -> None:
@@ -56,6 +59,15 @@ async def test_cached_series_render_once_per_version_and_openmetrics_has_one_eof
     assert b"pgnode_cached_total 2.0" in (await call(a, "/metrics"))[1]
     _, om = await call(a, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
     assert om.count(b"# EOF") == 1 and om.endswith(b"# EOF\n") and b"pgnode_cached_total 2.0" in om
+
+
+async def test_the_cached_series_are_sent_as_rendered_not_copied_per_scrape() -> None:
+    """A scrape copies nothing of the cached part (~0.2 MB at 10k statements) on the loop: the
+    very bytes object rendered once is what goes out."""
+    a, _ = api()
+    first, _ = await a.metrics_parts("")
+    again, _ = await a.metrics_parts("")
+    assert again[1] is first[1] and b"pgnode_cached_total 1.0" in first[1]
 
 
 async def test_unknown_path_is_404_and_post_is_405() -> None:
