@@ -20,6 +20,7 @@ Prints p50/p99 scrape time, bytes, series, VmRSS/VmHWM of each process and the e
 ratios, then (c). Every process is stopped by PID at the end, also on error.
 
     .venv/bin/python bench/bench_exporter_side_by_side.py [--n 10000] [--scrapes 30] [--lag-minutes 5] [--lag-only]
+        [--rounds R]
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ def wait_reads(port: int, at_least: int, timeout: float, log: Path) -> dict[str,
     return got
 
 
-def run_agent(run: Path, pg: PgInstance, n: int, scrapes: int, procs: list[Proc]) -> tuple[Result, dict[str, Any]]:
+def run_agent(run: Path, pg: PgInstance, n: int, scrapes: int, procs: list[Proc],
+              rounds: int = 0) -> tuple[Result, dict[str, Any]]:
     port = free_port()
     cfg = agent_config(run, pg, port)
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
@@ -237,7 +239,12 @@ def run_agent(run: Path, pg: PgInstance, n: int, scrapes: int, procs: list[Proc]
     st = wait_reads(port, after_fill + 2, 60, agent.log_path)  # a read that began after the fill
     ingested = proc_status(agent.pid)
     res = scrape("pg-node-agent", port, "/metrics", agent.pid, scrapes)
-    return res, {"status": st, "rss_primed": primed, "rss_ingested": ingested,
+    for _ in range(rounds):  # the steady state: memory a read and a scrape leave behind
+        fill(pg, n)
+        after_fill = sampler_status(port).get("reads", 0)
+        wait_reads(port, after_fill + 2, 60, agent.log_path)
+        scrape("pg-node-agent", port, "/metrics", agent.pid, 3)
+    return res, {"status": st, "rss_primed": primed, "rss_ingested": ingested, "rss_rounds": proc_status(agent.pid),
                  "written": written_bytes(port), "state_size": (run / "agent-state" / "sampler.json").stat().st_size}
 
 
@@ -437,13 +444,16 @@ def side_by_side(run: Path, pg: PgInstance, args: argparse.Namespace, procs: lis
     """(a) the agent process, (b) postgres_exporter, on the same N entries; whether the agent met its targets."""
     have_exporter = not args.no_exporter and (
         EXPORTER.exists() or shutil.which("prometheus-postgres-exporter") is not None)
-    agent_res, extra = run_agent(run, pg, args.n, args.scrapes, procs)
+    agent_res, extra = run_agent(run, pg, args.n, args.scrapes, procs, args.rounds)
     st = extra["status"]
     print(f"agent sampler: reads={st.get('reads')} series={st.get('series')} "
           f"queryids_kept={st.get('queryids_kept')}; RSS after priming read "
           f"{extra['rss_primed']['VmRSS']:.1f} MiB (HWM {extra['rss_primed']['VmHWM']:.1f}), "
           f"after ingesting N deltas {extra['rss_ingested']['VmRSS']:.1f} MiB "
           f"(HWM {extra['rss_ingested']['VmHWM']:.1f})")
+    if args.rounds:
+        print(f"agent after {args.rounds} more rounds (the N statements again, two reads, 3 scrapes): "
+              f"VmRSS {extra['rss_rounds']['VmRSS']:.1f} MiB (HWM {extra['rss_rounds']['VmHWM']:.1f})")
     print(f"agent process: state file {extra['state_size'] / 1000:.1f} KB, "
           f"{extra['written'] / 1000:.1f} KB written in all (pgnode_sampler_state_written_bytes_total)")
     procs[-1].stop()  # the agent is not running while the exporter is measured
@@ -485,6 +495,9 @@ def main() -> int:
                     help="minutes of the in-process loop-lag and write-rate phase (0: skip it)")
     ap.add_argument("--lag-only", action="store_true", help="only the loop-lag phase")
     ap.add_argument("--no-exporter", action="store_true", help="(a) without (b): the agent's figures only")
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="(a) then runs the N statements, two reads and 3 scrapes this many more times and "
+                         "prints the agent's VmRSS (its steady state)")
     ap.add_argument("--load-period", type=float, default=SAMPLER_INTERVAL,
                     help="loop-lag phase: seconds between passes of the N statements (0: back to back); "
                          "at the sampler's interval every read still has N deltas")
