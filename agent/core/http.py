@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import resource
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
@@ -18,8 +18,10 @@ import anyio.abc
 import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
-from agent.core import conns
+from agent.core import conns, slices
 from agent.core.auth import Authenticator, Verdict
 from agent.core.context import CachedMetrics
 
@@ -85,14 +87,35 @@ class Api:
             hit = self._rendered.get((i, ctype))
             if hit is None or hit[0] != v:
                 # A cached part is large (the query series: tens of ms at 10k statements): it
-                # renders in a worker thread, from the snapshot its collectors read (never changed).
-                hit = (v, await anyio.to_thread.run_sync(encoder, part.registry))
+                # renders on the loop a metric family at a time (agent/core/slices.py), from
+                # the snapshot its collectors read (never changed).
+                hit = (v, await slices.run(rendering(part.registry, encoder)))
                 self._rendered[(i, ctype)] = hit
             parts.append(hit[1])
         eof = b"# EOF\n"
         if parts[0].endswith(eof):  # OpenMetrics: one EOF marker, at the very end
             parts = [p.removesuffix(eof) for p in parts] + [eof]
         return b"".join(parts), ctype
+
+
+def rendering(registry: Collector, encoder: Callable[[Collector], bytes]) -> slices.Slices[bytes]:
+    """What `encoder(registry)` gives, made one metric family at a time: the encoder writes
+    each family on its own, so the pieces join into the same bytes (one OpenMetrics EOF)."""
+    eof, parts = b"# EOF\n", []
+    for family in registry.collect():
+        parts.append(encoder(_Family(family)))
+        yield None
+    if parts and parts[-1].endswith(eof):
+        parts = [p.removesuffix(eof) for p in parts] + [eof]
+    return b"".join(parts) if parts else encoder(_Family(None))
+
+
+class _Family(Collector):
+    def __init__(self, family: Metric | None) -> None:
+        self._family = family
+
+    def collect(self) -> Iterable[Metric]:
+        return [] if self._family is None else [self._family]
 
 
 def _json(body: Any) -> bytes:
