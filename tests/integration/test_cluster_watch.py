@@ -5,7 +5,8 @@ The faults run on the default lab and on the variants of conftest's `lab_variant
 instead of the lab's fast ones; the production-shaped PROD_VARIANTS run etcd 3.5 with TLS, client
 certificates, RBAC and tokens expiring every 2 idle seconds, HTTPS Patroni 4 and Patroni 3. There
 the agents' tokens expire mid-run, and the DCS must not flap for it. Waits for Patroni's actions
-take their deadlines from the cluster's timings, so one test serves both."""
+take their deadlines from the cluster's timings, so one test serves both; waits on the agents
+alone (a few of their own poll intervals, 2 s for PostgreSQL and 5 s for Patroni) stay fixed."""
 
 from __future__ import annotations
 
