@@ -7,6 +7,7 @@ Scrapes only render memory: collectors read NodeState and the jobs' counters, ne
 
 from __future__ import annotations
 
+import copy
 import json
 import resource
 import socket
@@ -98,16 +99,29 @@ class Api:
         return b"".join(parts), ctype
 
 
-def rendering(registry: Collector, encoder: Callable[[Collector], bytes]) -> slices.Slices[bytes]:
-    """What `encoder(registry)` gives, made one metric family at a time: the encoder writes
-    each family on its own, so the pieces join into the same bytes (one OpenMetrics EOF)."""
+RENDER_SAMPLES = 200  # samples of a family rendered in one piece (~1.2 ms)
+
+
+def rendering(registry: Collector, encoder: Callable[[Collector], bytes],
+              size: int = RENDER_SAMPLES) -> slices.Slices[bytes]:
+    """What `encoder(registry)` gives, made `size` samples at a time: the encoder writes each
+    family on its own, as its header lines (`# HELP`, `# TYPE`...) then a line per sample, so
+    a family's samples rendered in parts, the header kept from the first part only, join into
+    the same bytes (one OpenMetrics EOF, at the end)."""
     eof, parts = b"# EOF\n", []
     for family in registry.collect():
-        parts.append(encoder(_Family(family)))
-        yield None
-    if parts and parts[-1].endswith(eof):
-        parts = [p.removesuffix(eof) for p in parts] + [eof]
-    return b"".join(parts) if parts else encoder(_Family(None))
+        samples = family.samples
+        for i in range(0, max(len(samples), 1), size):
+            part = copy.copy(family)
+            part.samples = samples[i:i + size]
+            text = encoder(_Family(part))
+            if i:  # the header is the part's leading comment lines; a sample line never starts with #
+                lines = text.splitlines(keepends=True)
+                text = b"".join(lines[next(n for n, ln in enumerate(lines) if not ln.startswith(b"#")):])
+            parts.append(text.removesuffix(eof))
+            yield None
+    ends = encoder(_Family(None))  # what the encoder writes for nothing: OpenMetrics' EOF, or b""
+    return b"".join(parts) + ends
 
 
 class _Family(Collector):

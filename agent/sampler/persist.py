@@ -104,6 +104,7 @@ def packing(e: Entries) -> Slices[dict[str, Any]]:
     cols = array("d")
     for j in range(NFIELDS):  # a strided slice each: C loops, not a Python loop over 190k values
         cols.extend(e.vals[j::NFIELDS])
+        yield None
     zipped = yield Offload(lambda: [zlib.compress(a.tobytes(), 6) for a in (keys, cols, e.since)])
     kz, vz, sz = (base64.b64encode(z).decode() for z in zipped)
     return {"n": n, "fields": NFIELDS, "byteorder": sys.byteorder, "keys": kz, "vals": vz, "since": sz}

@@ -17,6 +17,7 @@ whose labels are all "other". Both kinds of fold are counted in `series_folded`.
 
 from __future__ import annotations
 
+import heapq
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -204,7 +205,14 @@ class Totals:
             if i % STRIDE == STRIDE - 1:
                 yield None
             exec_by_q[qid] = exec_by_q.get(qid, 0.0) + batch.vals[i * NFIELDS + EXEC]
-        for q in sorted(exec_by_q, key=lambda q: (-exec_by_q[q], q))[:top_n]:
+        # the top_n by execution time (ties by queryid), a chunk at a time: one sort of 10k
+        # queryids would be ~7 ms in one piece
+        rank = [(-e, q) for q, e in exec_by_q.items()]
+        top: list[tuple[float, str]] = []
+        for i in range(0, len(rank), STRIDE):
+            top = heapq.nsmallest(top_n, top + rank[i:i + STRIDE])
+            yield None
+        for _, q in top:
             if len(self.kept) >= top_n:
                 break
             self.kept.setdefault(q, None)

@@ -73,9 +73,9 @@ def test_drain_runs_to_the_end() -> None:
     assert slices.drain(busy(3, 0.0)) == 3
 
 
-def totals() -> Totals:
+def totals(n: int = 50) -> Totals:
     t = Totals(label_names=("datname", "username"), le=(0.001, 0.01, float("inf")))
-    for i in range(50):
+    for i in range(n):
         t.series[(str(i * 7919), f'db"{i % 3}', "u\\ser\nx")] = [float(i + j) for j in range(NFIELDS)]
     t.series[("other", "other", "other")] = [1e300] * NFIELDS
     t.hist[("db", "u")] = [1.0, 2.0, 3.0, 0.5]
@@ -87,12 +87,13 @@ def totals() -> Totals:
 
 
 @pytest.mark.parametrize("accept", ["", "application/openmetrics-text; version=1.0.0"])
-def test_rendering_a_family_at_a_time_gives_the_encoders_bytes(accept: str) -> None:
+@pytest.mark.parametrize(("series", "size"), [(50, 200), (50, 7), (1001, 200)])
+def test_rendering_in_parts_gives_the_encoders_bytes(accept: str, series: int, size: int) -> None:
     reg = CollectorRegistry(auto_describe=True)
-    reg.register(SamplerCollector(totals))
+    reg.register(SamplerCollector(lambda: totals(series)))
     encoder, _ = choose_encoder(accept)
     whole = encoder(reg)
-    work = rendering(reg, encoder)
+    work = rendering(reg, encoder, size)
     pauses = 0
     try:
         while True:
@@ -100,7 +101,8 @@ def test_rendering_a_family_at_a_time_gives_the_encoders_bytes(accept: str) -> N
             pauses += 1
     except StopIteration as done:
         assert done.value == whole
-    assert pauses > NFIELDS  # it did pause: a family at a time
+    # it did pause: a family at a time, and a big family in parts
+    assert pauses >= NFIELDS * -(-(series + 1) // size)
     empty = CollectorRegistry()
     assert slices.drain(rendering(empty, encoder)) == encoder(empty)
 
