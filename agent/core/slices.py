@@ -40,9 +40,10 @@ Slices = Generator["Offload | None", Any, T]
 SLICE = 0.001  # seconds of work between two turns of the event loop
 
 
-async def run(work: Slices[T], budget: float = SLICE) -> T:
+async def run(work: Slices[T], budget: float | None = None) -> T:
     """Runs `work` to its end on the event loop, letting the loop turn (timers, sockets,
-    other tasks) whenever a slice has used `budget` seconds."""
+    other tasks) whenever a slice has used `budget` seconds (SLICE)."""
+    budget = SLICE if budget is None else budget
     clock = time.perf_counter
     until = clock() + budget
     try:
