@@ -99,7 +99,7 @@ class Api:
         return b"".join(parts), ctype
 
 
-RENDER_SAMPLES = 200  # samples of a family rendered in one piece (~1.2 ms)
+RENDER_SAMPLES = 100  # samples of a family rendered in one piece (~0.6 ms)
 
 
 def rendering(registry: Collector, encoder: Callable[[Collector], bytes],

@@ -28,7 +28,7 @@ from agent.core.slices import Slices, drain
 OTHER = "other"
 # Aggregates handled between two pauses of a fold run in slices (agent/core/slices.py): a few
 # microseconds each, so well under a slice.
-STRIDE = 256
+STRIDE = 128
 
 # (field, metric name without pgnode_query_ / _total, help: what one unit is)
 FIELDS: tuple[tuple[str, str, str], ...] = (
