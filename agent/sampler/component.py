@@ -120,6 +120,7 @@ class Sampler:
         # replaces it), to one applied at once
         folded = await slices.run(read.fold(self.state, limits))
         self._apply(folded, read)
+        await slices.run(read.dropping())
         if moved is not None or folded.changed:
             self.version += 1
             self.writer.changed(urgent=moved is not None or self.source.urgent_save)

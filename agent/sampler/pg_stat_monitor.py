@@ -250,6 +250,11 @@ class PgsmRead:
     def rows(self) -> int:
         return self.batches.rows
 
+    def dropping(self) -> Slices[None]:
+        """Frees the read's aggregates in slices, once folded (see Batch.dropping)."""
+        for batch in self.batches.buckets.values():
+            yield from batch.dropping()
+
     def fold(self, st: SamplerState, limits: Limits) -> Slices[Folded]:
         """Each finished bucket added to a copy of the totals, oldest first (so top-N promotion
         sees buckets as they happened), errors and warnings too, and the buckets the extension

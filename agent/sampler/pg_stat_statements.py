@@ -93,6 +93,9 @@ class PgssRead:
     duration: float
     wait: float
 
+    def dropping(self) -> Slices[None]:
+        yield from ()  # its entries become the next baseline
+
     def fold(self, st: SamplerState, limits: Limits) -> Slices[Folded]:
         """The increments since the baseline, added to a copy of the totals (tens of ms at 10k
         entries: run in slices); this read becomes the next baseline."""
@@ -100,6 +103,7 @@ class PgssRead:
         totals = st.totals
         if len(res.batch):
             totals = yield from totals.added(res.batch, limits.top_n, limits.max_series)
+        yield from res.batch.dropping()
         seen = tuple((kind, k) for kind, k in (("stats_reset", int(res.reset)), ("dealloc", res.dealloc),
                                                ("recreated", res.recreated)) if k)
         events: list[tuple[Level, str, dict[str, Any]]] = [

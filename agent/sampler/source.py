@@ -25,9 +25,11 @@ Query = str | sql.Composed
 # Rows fetched per round trip of a read. A read is consumed chunk by chunk, so the agent never
 # holds more than this many source rows at once, whatever the view's size (pg_stat_statements.max,
 # pg_stat_monitor's buckets x entries). psycopg turns a chunk into tuples in the event loop's
-# thread, ~7 us a row of 27 columns, and the chunk is then consumed there too (~2.5 us a row):
-# 100 rows hold the loop ~1 ms (500 held it ~3.5 ms for the tuples alone, bench/).
-CHUNK_ROWS = 100
+# thread, ~7 us a row of pg_stat_statements' 27 columns, ~15 us of pg_stat_monitor's ~50, and
+# the chunk is then consumed there too (~2.5-10 us a row): 50 rows hold the loop ~0.5-1.2 ms
+# (100 pgsm rows held it up to 3 ms; 500 pgss rows ~3.5 ms for the tuples alone, bench/). A
+# round trip each: ~0.1 ms on a socket, ~20 ms more for a read of 10k rows.
+CHUNK_ROWS = 50
 
 # pg_stat_monitor is detected by its view plus its version function rather than pg_extension
 # alone: that is what a read needs, and it also finds a schema-faithful stand-in in tests.
@@ -124,6 +126,10 @@ class Read(Protocol):
         left as it was."""
         ...
 
+    def dropping(self) -> Slices[None]:
+        """Frees what the read holds, in slices, once it is folded."""
+        ...
+
 
 class Source(Protocol):
     name: str
@@ -154,6 +160,9 @@ class Idle:
     def fold(self, st: SamplerState, limits: Limits) -> Slices[Folded]:
         yield from ()
         return Folded(st, changed=False, resets=self.resets, events=self.events)
+
+    def dropping(self) -> Slices[None]:
+        yield from ()
 
 
 async def detect(conn: Conn, want: str, *, skip_pgsm: bool = False) -> str:

@@ -18,6 +18,7 @@ whose labels are all "other". Both kinds of fold are counted in `series_folded`.
 from __future__ import annotations
 
 import heapq
+import itertools
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -115,6 +116,19 @@ class Batch:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def dropping(self) -> Slices[None]:
+        """Empties the batch a chunk at a time: freeing 10k aggregates in one go (the last
+        reference dropped) holds the loop ~1.5 ms, a read of several buckets many times that."""
+        n = STRIDE * 8
+        while self.index:
+            for _ in range(min(n, len(self.index))):
+                self.index.popitem()
+            yield None
+        while self.keys:
+            del self.keys[-n:], self.resp[-n:]
+            yield None
+        self.vals = array("d")
+
 
 @dataclass
 class Totals:
@@ -207,10 +221,10 @@ class Totals:
             exec_by_q[qid] = exec_by_q.get(qid, 0.0) + batch.vals[i * NFIELDS + EXEC]
         # the top_n by execution time (ties by queryid), a chunk at a time: one sort of 10k
         # queryids would be ~7 ms in one piece
-        rank = [(-e, q) for q, e in exec_by_q.items()]
+        items = iter(exec_by_q.items())
         top: list[tuple[float, str]] = []
-        for i in range(0, len(rank), STRIDE):
-            top = heapq.nsmallest(top_n, top + rank[i:i + STRIDE])
+        while chunk := [(-e, q) for q, e in itertools.islice(items, STRIDE)]:
+            top = heapq.nsmallest(top_n, top + chunk)
             yield None
         for _, q in top:
             if len(self.kept) >= top_n:

@@ -87,3 +87,15 @@ def test_state_written_before_loss_reasons_keeps_its_missed_buckets_as_expired()
     del d["buckets_lost"], d["warnings"]
     d["buckets_missed"] = 3
     assert Totals.from_json(d).buckets_lost == {"expired": 3}
+
+
+def test_a_batch_is_emptied_in_slices() -> None:
+    from agent.sampler.totals import STRIDE
+
+    b = Batch()
+    n = STRIDE * 8 * 3 + 5
+    for i in range(n):
+        b.add(str(i), ("db",), [1.0] * NFIELDS, [1.0, 2.0])
+    pauses = sum(1 for _ in b.dropping())
+    assert len(b) == 0 and not b.index and not b.resp and len(b.vals) == 0
+    assert pauses >= 6  # 4 chunks of the index, 4 of the lists: never all at once
