@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 
-from agent.lab import http
+from agent.lab import archive, http, pgversions
 from agent.lab.patroni import PATRONI_BIN, PatroniNode, PatroniSettings
 from agent.lab.procs import LabTimeout, pid_alive, pss_kib, wait_until
 from agent.lab.rundir import lab_subdir
@@ -57,6 +57,7 @@ class Cluster:
             agent_scheme=agent_scheme,
         )
         self.nodes = [PatroniNode(run_dir, f"node{i}", settings) for i in range(1, nodes + 1)]
+        self.pg_version = pg_version
         self.started_at: float | None = None
         self.ready_after: float | None = None
 
@@ -85,6 +86,10 @@ class Cluster:
                 p.terminate()
         for n in self.nodes:
             n.stop(timeout)
+
+    def prune_archive(self) -> int:
+        """The nodes' shared archive bounded (agent.lab.archive); how many segments went."""
+        return archive.prune(self.archive_dir, pgversions.bin_dir(self.pg_version))
 
     def pids(self) -> list[int]:
         return [pid for n in self.nodes for pid in n.pids()]
