@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from agent.lab import http
+from agent.lab import archive, http, pgversions
 from agent.lab.patroni import LAB_FAST, PATRONI_BIN, PatroniNode, PatroniSettings, PatroniTimings
 from agent.lab.procs import LabTimeout, pid_alive, pss_kib, wait_until
 from agent.lab.rundir import lab_subdir
@@ -61,6 +61,7 @@ class Cluster:
             timings=timings,
         )
         self.nodes = [PatroniNode(run_dir, f"node{i}", settings) for i in range(1, nodes + 1)]
+        self.pg_version = pg_version
         self.started_at: float | None = None
         self.ready_after: float | None = None
 
@@ -90,6 +91,10 @@ class Cluster:
                 p.terminate()
         for n in self.nodes:
             n.stop(timeout)
+
+    def prune_archive(self) -> int:
+        """The nodes' shared archive bounded (agent.lab.archive); how many segments went."""
+        return archive.prune(self.archive_dir, pgversions.bin_dir(self.pg_version))
 
     def pids(self) -> list[int]:
         return [pid for n in self.nodes for pid in n.pids()]

@@ -35,6 +35,8 @@ from agent.lab.rundir import drop_data, new_run_dir, remove_run_dir
 
 HERE = Path(__file__).parent
 _scopes = itertools.count(1)
+# the session's archiving instances: each test's archived WAL is pruned after it (_archive_retention)
+_session_archives: list[Callable[[], int]] = []
 
 
 def _missing() -> str | None:
@@ -101,6 +103,16 @@ def run_dir(request: pytest.FixtureRequest, lab_prereqs: None) -> Iterator[Path]
     _finish(request, path, _failed(request))
 
 
+@pytest.fixture(autouse=True)
+def _archive_retention() -> Iterator[None]:
+    """The session instances live for the whole run and archive every test's WAL (the repack
+    tests alone write ~60 MB each): after each test their archives keep only the newest segment,
+    as an operator's pg_archivecleanup would (agent.lab.archive)."""
+    yield
+    for prune in _session_archives:
+        prune()
+
+
 @pytest.fixture(scope="session")
 def etcd(session_dir: Path) -> Iterator[Etcd]:
     e = Etcd(session_dir)
@@ -165,6 +177,7 @@ def cluster(session_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
     c = Cluster(session_dir, etcd.url, scope="lab")
     try:
         c.start()
+        _session_archives.append(c.prune_archive)
         yield c
     finally:
         c.stop()
@@ -194,6 +207,7 @@ def pg15(session_dir: Path) -> Iterator[PgInstance]:
     pg = PgInstance(session_dir, version=15)
     try:
         pg.start()
+        _session_archives.append(pg.prune_archive)
         yield pg
     finally:
         pg.stop()
@@ -210,6 +224,7 @@ def pg_other(session_dir: Path) -> Iterator[Callable[[int], PgInstance]]:
             if not (pg.bin_dir / "postgres").exists():
                 pytest.skip(f"PostgreSQL {version} missing (run .ci/install): {pg.bin_dir}")
             pg.start()
+            _session_archives.append(pg.prune_archive)
             started[version] = pg
         return started[version]
 
