@@ -1,12 +1,17 @@
 """The lab's archive retention over a real PostgreSQL 15 archiving with `cp` (agent.lab.archive):
-pg_archivecleanup keeps the newest archived segment, and archiving goes on as before."""
+pg_archivecleanup keeps the newest archived segment, and archiving goes on as before; the demo
+prunes its cluster's archive while it runs."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from testlab.postgres import PgInstance
 
+from agent.lab import demo
+from agent.lab.archive import newest_segment
+from agent.lab.cluster import Cluster
 from agent.lab.procs import wait_until
 
 
@@ -40,3 +45,24 @@ def test_prune_keeps_the_newest_archived_segment_and_archiving_goes_on(run_dir: 
         assert (pg.archive_dir / nxt).is_file()
     finally:
         pg.stop()
+
+
+def test_the_demo_prunes_its_clusters_archive_while_it_runs(cluster: Cluster) -> None:
+    # `pg-node-agent demo` idles with pgbench archiving on the primary; without the prune its
+    # archive grows until the disk is full
+    leader = cluster.leader()
+    segs = []
+    for _ in range(3):
+        cluster.psql(leader, "CREATE TABLE IF NOT EXISTS demo_prune_probe (g int)")
+        cluster.psql(leader, "INSERT INTO demo_prune_probe VALUES (1)")
+        segs.append(str(cluster.psql(leader, "SELECT pg_walfile_name(pg_switch_wal())")[0][0]))
+    wait_until(lambda: bool(cluster.psql(leader, "SELECT last_archived_wal >= %s FROM pg_stat_archiver",
+                                         (segs[-1],))[0][0]), 30, "three switched segments archived")
+    before = sorted(p.name for p in cluster.archive_dir.iterdir())
+    assert set(segs) <= set(before), before
+
+    said: list[str] = []
+    demo._idle(time.monotonic() + 3, cluster, said.append, prune_every=1)
+    after = sorted(p.name for p in cluster.archive_dir.iterdir())
+    assert not set(segs[:-1]) & set(after), after
+    assert newest_segment(after) == newest_segment(before) and said == [], (after, said)
