@@ -318,14 +318,17 @@ async def test_the_heavy_work_of_a_step_runs_on_the_loop_in_slices(
     turns = 0
     during: dict[str, int] = {}  # loop turns while each phase ran
 
-    real_read, real_fold, real_save = PgStatStatements.read, PgssRead.fold, persist.Writer.save
+    def counted_async(phase: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(*a: Any) -> Any:
+            t = turns
+            try:
+                return await real(*a)
+            finally:
+                during[phase] = turns - t
 
-    async def read(*a: Any) -> Any:
-        t = turns
-        try:
-            return await real_read(*a)
-        finally:
-            during["read"] = turns - t
+        return wrapped
+
+    real_fold = PgssRead.fold
 
     def fold(*a: Any) -> Any:
         t = turns
@@ -334,16 +337,9 @@ async def test_the_heavy_work_of_a_step_runs_on_the_loop_in_slices(
         finally:
             during["fold"] = turns - t
 
-    async def save(*a: Any) -> Any:
-        t = turns
-        try:
-            return await real_save(*a)
-        finally:
-            during["save"] = turns - t
-
-    monkeypatch.setattr(PgStatStatements, "read", read)
+    monkeypatch.setattr(PgStatStatements, "read", counted_async("read", PgStatStatements.read))
     monkeypatch.setattr(PgssRead, "fold", fold)
-    monkeypatch.setattr(persist.Writer, "save", save)
+    monkeypatch.setattr(persist.Writer, "save", counted_async("save", persist.Writer.save))
     ctx = make_ctx(pg15, tmp_path)
     sampler: Sampler = components(ctx)[0].run.__self__  # type: ignore[attr-defined]
     with pg15.connect("pgss_t") as c:  # 300 statements of distinct shapes: 300 queryids
