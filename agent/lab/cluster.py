@@ -1,7 +1,8 @@
 """A Patroni cluster of N nodes on one etcd, with the fault primitives the tests use.
 
 Readiness is Patroni's own view (`GET /cluster`): one leader `running` and every other member
-`streaming`. Switchover and failover go through the REST API, as `patronictl` does.
+`streaming`. Switchover and failover go through the REST API, as `patronictl` does. Waits for
+Patroni's actions default to deadlines derived from the cluster's `timings` (agent.lab.patroni).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 
 import psycopg
 
-from agent.lab import http
-from agent.lab.patroni import PATRONI_BIN, PatroniNode, PatroniSettings
+from agent.lab import archive, http, pgversions
+from agent.lab.patroni import LAB_FAST, PATRONI_BIN, PatroniNode, PatroniSettings, PatroniTimings
 from agent.lab.procs import LabTimeout, pid_alive, pss_kib, wait_until
 from agent.lab.rundir import lab_subdir
 from agent.lab.tls import LabCA
@@ -38,10 +39,12 @@ class Cluster:
         patroni_bin: Path = PATRONI_BIN,
         pg_version: int | None = None,
         agent_scheme: str = "http",
+        timings: PatroniTimings = LAB_FAST,
     ) -> None:
         self.run_dir = run_dir
         self.scope = scope
         self.namespace = namespace
+        self.timings = timings
         self.archive_dir = lab_subdir(run_dir, f"archive-{scope}", 0o700)
         settings = PatroniSettings(
             scope=scope,
@@ -55,15 +58,18 @@ class Cluster:
             patroni_bin=patroni_bin,
             pg_version=pg_version,
             agent_scheme=agent_scheme,
+            timings=timings,
         )
         self.nodes = [PatroniNode(run_dir, f"node{i}", settings) for i in range(1, nodes + 1)]
+        self.pg_version = pg_version
         self.started_at: float | None = None
         self.ready_after: float | None = None
 
     # --- lifecycle ---
 
-    def start(self, max_wait: float = 60.0, progress: Callable[[str], None] | None = None) -> None:
+    def start(self, max_wait: float | None = None, progress: Callable[[str], None] | None = None) -> None:
         """Spawn every Patroni at once (they race for the initialize key) and wait until healthy."""
+        max_wait = self.timings.bootstrap() if max_wait is None else max_wait
         t0 = time.monotonic()
         self.started_at = t0
         for n in self.nodes:
@@ -85,6 +91,10 @@ class Cluster:
                 p.terminate()
         for n in self.nodes:
             n.stop(timeout)
+
+    def prune_archive(self) -> int:
+        """The nodes' shared archive bounded (agent.lab.archive); how many segments went."""
+        return archive.prune(self.archive_dir, pgversions.bin_dir(self.pg_version))
 
     def pids(self) -> list[int]:
         return [pid for n in self.nodes for pid in n.pids()]
@@ -175,6 +185,15 @@ class Cluster:
 
         wait_until(writable, timeout, f"{name} out of recovery", 0.1)
 
+    def dcs_timings(self) -> PatroniTimings | None:
+        """The timings Patroni runs with, from the dynamic configuration it keeps in etcd (`GET /config`)."""
+        for n in self.nodes:
+            if n.patroni_proc.is_running():
+                status, body = http.get(f"{n.rest_url}/config", timeout=1.0)
+                if status == 200 and isinstance(body, dict):
+                    return PatroniTimings(int(body["ttl"]), int(body["loop_wait"]), int(body["retry_timeout"]))
+        return None
+
     def _summary(self) -> object:
         cj = self.cluster_json()
         if cj is None:
@@ -183,8 +202,9 @@ class Cluster:
 
     # --- faults ---
 
-    def switchover(self, candidate: str | None = None, timeout: float = 30.0) -> str:
+    def switchover(self, candidate: str | None = None, timeout: float | None = None) -> str:
         """Planned switchover through the leader's REST API; returns the new leader once Patroni shows it."""
+        timeout = self.timings.switchover() if timeout is None else timeout
         leader = self.leader()
         body: dict[str, Any] = {"leader": leader.name}
         if candidate is not None:
@@ -195,8 +215,9 @@ class Cluster:
         want = candidate
         return self.wait_for_leader(lambda n: n != leader.name and (want is None or n == want), timeout)
 
-    def failover(self, candidate: str, timeout: float = 30.0) -> str:
+    def failover(self, candidate: str, timeout: float | None = None) -> str:
         """Manual failover to `candidate` (works without a healthy leader)."""
+        timeout = self.timings.switchover() if timeout is None else timeout
         via = self.node(candidate)
         status, resp = http.post(f"{via.rest_url}/failover", {"candidate": candidate}, timeout=timeout)
         if status != 200:

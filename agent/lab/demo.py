@@ -35,6 +35,7 @@ from agent.status import fetch_cluster, render_cluster
 
 SWITCHOVER_AFTER = 10.0
 POLL = 0.05
+ARCHIVE_PRUNE_EVERY = 60.0  # seconds between prunes of the cluster's `cp` WAL archive
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +269,7 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
         say(
             "running; Ctrl-C to stop" if deadline is None else f"running until {duration:.0f}s after the lab came up"
         )
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.5)
+        _idle(deadline, cluster, say)
         ok = True
     except (KeyboardInterrupt, _Interrupted):
         print()
@@ -303,6 +303,22 @@ def main(nodes: int = 3, switchover: bool = True, keep: bool = False, duration: 
         else:
             remove_run_dir(run_dir)
     return 0 if ok else 1
+
+
+def _idle(deadline: float | None, cluster: Cluster, say: Callable[[str], None],
+          prune_every: float = ARCHIVE_PRUNE_EVERY) -> None:
+    """Wait for `deadline` (None: until Ctrl-C), pruning the cluster's WAL archive every
+    `prune_every` seconds as the tests do (agent.lab.archive): pgbench keeps the primary archiving,
+    and a demo left running for hours would otherwise fill the disk with archived segments."""
+    next_prune = time.monotonic() + prune_every
+    while deadline is None or time.monotonic() < deadline:
+        time.sleep(min(0.5, prune_every))
+        if time.monotonic() >= next_prune:
+            try:
+                cluster.prune_archive()
+            except (OSError, subprocess.SubprocessError) as e:  # the demo goes on; the disk may fill
+                say(f"archive prune failed: {e!r}")
+            next_prune = time.monotonic() + prune_every
 
 
 ALERTS_SETTLE = 30.0

@@ -1,6 +1,10 @@
 """One Patroni node (PostgreSQL 15, or 17/18 from the lab wheels, under Patroni 4, etcd3 DCS) as the lab user.
 
 Patroni's YAML config is written as JSON (YAML is a superset), so the lab needs no YAML library.
+Patroni's HA timings are `PatroniTimings`: the lab runs `LAB_FAST` by default, a convenience that
+keeps CI short, and the `patroni-defaults` test variant runs `PATRONI_DEFAULTS`, what a production
+cluster runs when nobody tunes them. Every wait for a Patroni action derives its deadline from them.
+
 The node's directory is its unix socket directory too: the agent and the tests (root) connect
 there with peer auth, mapped by `pg_ident` map `lab` to the role `postgres`.
 """
@@ -37,6 +41,50 @@ PG_HBA = [
 PG_IDENT = ["lab root postgres", "lab pgtest postgres", "lab pgtest pgtest"]
 
 
+# Room on top of Patroni's own timings for the work around them (initdb, promotion, crash recovery,
+# REST round trips) on a loaded 2-core CI box. Deadlines are waits for an event, not measures of speed.
+SLACK = 25.0
+
+
+@dataclass(frozen=True, slots=True)
+class PatroniTimings:
+    """`ttl`, `loop_wait`, `retry_timeout` of bootstrap.dcs, and the deadlines that follow from them."""
+
+    ttl: int
+    loop_wait: int
+    retry_timeout: int
+
+    @property
+    def cycle(self) -> int:
+        """The longest HA cycle: its sleep and a DCS retry on either side (Patroni keeps this <= ttl)."""
+        return self.loop_wait + 2 * self.retry_timeout
+
+    def leader_lost(self) -> float:
+        """A leader that stopped renewing: its key expires `ttl` after the last renewal, and a replica
+        takes it within a cycle (woken by the DELETE, or at its next loop)."""
+        return self.ttl + self.cycle + SLACK
+
+    def in_place(self) -> float:
+        """Patroni acts on what it finds (a dead postmaster, a demoted primary to rejoin) at its next
+        cycle or the one after, then starts PostgreSQL."""
+        return 2 * self.cycle + SLACK
+
+    def switchover(self) -> float:
+        """POST /switchover answers once the new leader holds the key, polling for up to
+        2 * max(10, loop_wait) s (Patroni's `api.py` poll_failover_result)."""
+        return 2 * max(10, self.loop_wait) + SLACK
+
+    def bootstrap(self) -> float:
+        """A new cluster: one member initdb's, the others find its key at their next cycle, clone it and stream."""
+        return 2 * self.cycle + 2 * SLACK
+
+
+# The lab's default: fast, so CI stays within budget. A convenience, not what production runs.
+LAB_FAST = PatroniTimings(ttl=20, loop_wait=2, retry_timeout=3)
+# Patroni's own defaults (`Config.get_default_config()` in patroni/config.py; a lab test compares).
+PATRONI_DEFAULTS = PatroniTimings(ttl=30, loop_wait=10, retry_timeout=10)
+
+
 @dataclass(frozen=True, slots=True)
 class PatroniSettings:
     """What the three nodes of a cluster share."""
@@ -45,9 +93,7 @@ class PatroniSettings:
     namespace: str = "/service"
     etcd_url: str = "http://127.0.0.1:2379"  # comma-separated for several members
     archive_dir: Path = Path("/tmp/pgna-archive")
-    ttl: int = 20
-    loop_wait: int = 2
-    retry_timeout: int = 3
+    timings: PatroniTimings = LAB_FAST
     parameters: dict[str, Any] = field(default_factory=dict)
     tls: LabCA | None = None  # REST API over HTTPS with client certificates required
     etcd_tls: LabCA | None = None  # etcd's client URLs are https with client certificates required
@@ -122,9 +168,9 @@ class PatroniNode:
             "etcd3": self._etcd3(),
             "bootstrap": {
                 "dcs": {
-                    "ttl": s.ttl,
-                    "loop_wait": s.loop_wait,
-                    "retry_timeout": s.retry_timeout,
+                    "ttl": s.timings.ttl,
+                    "loop_wait": s.timings.loop_wait,
+                    "retry_timeout": s.timings.retry_timeout,
                     "maximum_lag_on_failover": 16 * 1024 * 1024,
                     "postgresql": {
                         "use_pg_rewind": True,

@@ -58,16 +58,22 @@ def wait_until(
 
 
 async def await_until(
-    predicate: Callable[[], object], within: float, what: str, interval: float = 0.1
+    predicate: Callable[[], object],
+    within: float,
+    what: str,
+    interval: float = 0.1,
+    detail: Callable[[], object] | None = None,
 ) -> object:
-    """`wait_until` for async tests: the predicate runs in a worker thread, the wait yields to the loop."""
+    """`wait_until` for async tests: the predicate (and `detail`) run in a worker thread, the wait
+    yields to the loop."""
     deadline = time.monotonic() + within
     while True:
         value = await asyncio.to_thread(predicate)
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise LabTimeout(f"{what}: not within {within:.1f}s")
+            seen = f"; last seen: {await asyncio.to_thread(detail)!r}" if detail is not None else ""
+            raise LabTimeout(f"{what}: not within {within:.1f}s{seen}")
         await asyncio.sleep(interval)
 
 

@@ -13,12 +13,11 @@ from typing import TypedDict
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 import psycopg
 import structlog
 from prometheus_client import CollectorRegistry
 
-from agent.core import malloc
+from agent.core import malloc, slices
 from agent.core.context import CachedMetrics, Context
 from agent.core.supervisor import Component
 from agent.sampler import persist
@@ -116,10 +115,12 @@ class Sampler:
         if moved is not None:
             self._apply(moved)
         read = await self.source.read(conn, self.state, c["now"], limits)
-        # the fold is tens of ms of Python at 10k statements: in a worker thread, from a state
-        # nothing changes meanwhile (only this task replaces it), to one applied at once
-        folded = await anyio.to_thread.run_sync(read.fold, self.state, limits)
+        # the fold is tens of ms of Python at 10k statements: in slices on the loop
+        # (agent/core/slices.py), from a state nothing changes meanwhile (only this task
+        # replaces it), to one applied at once
+        folded = await slices.run(read.fold(self.state, limits))
         self._apply(folded, read)
+        await slices.run(read.dropping())
         if moved is not None or folded.changed:
             self.version += 1
             self.writer.changed(urgent=moved is not None or self.source.urgent_save)

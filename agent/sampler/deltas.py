@@ -17,11 +17,13 @@ from typing import Any
 
 import structlog
 
+from agent.core.slices import Slices, drain
 from agent.sampler.totals import CALLS, NFIELDS, Batch
 
 log = structlog.get_logger("sampler")
 
 Key = tuple[int, int, int, bool]  # (userid, dbid, queryid, toplevel)
+APPLY_STRIDE = 64  # entries between two pauses: ~13 us each when every entry ran (bench/)
 
 # Row layout of pg_stat_statements' read: dbid, userid, queryid, toplevel, datname, username,
 # then the NFIELDS values in the order of totals.FIELDS, then stats_since (epoch s, or None
@@ -129,8 +131,13 @@ class PgssDeltas:
     dealloc: int | None = None
 
     def apply(self, cur: Entries, stats_reset: str | None, dealloc: int | None) -> DeltaResult:
+        return drain(self.applying(cur, stats_reset, dealloc))
+
+    def applying(self, cur: Entries, stats_reset: str | None, dealloc: int | None) -> Slices[DeltaResult]:
         """Increments since the last read, and the baseline for the next (`cur`, which the
-        caller hands over: it must not change after this).
+        caller hands over: it must not change after this). Pauses every STRIDE entries
+        (agent/core/slices.py); a read out of key order (never from the read's ORDER BY) is
+        sorted first, in one piece.
 
         - First read (no state): prime only; counting the whole history would double what an
           earlier life of the agent exported.
@@ -159,6 +166,8 @@ class PgssDeltas:
             qs = ""
             run: dict[tuple[str, ...], int] = {}  # its aggregates' positions in the batch, by label set
             for i in range(len(cur)):
+                if i % APPLY_STRIDE == APPLY_STRIDE - 1:
+                    yield None
                 a = i * NFIELDS
                 # both in key order: prev's cursor only moves forward, to this key or past it
                 q = cq[i]

@@ -52,11 +52,12 @@ class SamplerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         t = self._totals()
         labels = ["queryid", *t.label_names]
-        fams = [CounterMetricFamily(f"pgnode_query_{name}", doc, labels=labels) for _, name, doc in FIELDS]
-        for key, vals in t.series.items():
-            for fam, v in zip(fams, vals, strict=True):
-                fam.add_metric(list(key), v)
-        yield from fams
+        values = [list(k) for k in t.series]
+        for j, (_, name, doc) in enumerate(FIELDS):  # a family at a time: a renderer may pause between
+            fam = CounterMetricFamily(f"pgnode_query_{name}", doc, labels=labels)
+            for label_values, vals in zip(values, t.series.values(), strict=True):
+                fam.add_metric(label_values, vals[j])
+            yield fam
 
         hist = HistogramMetricFamily("pgnode_query_latency_seconds",
                                      "Statement execution time, bins from pg_stat_monitor's own ranges.",

@@ -29,7 +29,9 @@ from typing import Any
 import anyio
 import structlog
 
+from agent.core import slices
 from agent.core.files import write_atomic
+from agent.core.slices import Offload, Slices, drain
 from agent.sampler.buckets import Watch
 from agent.sampler.deltas import Entries, PgssDeltas
 from agent.sampler.metrics import Health
@@ -60,14 +62,16 @@ class SamplerState:
     pgss: PgssDeltas = field(default_factory=PgssDeltas)
     pgsm: Watch = field(default_factory=Watch)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, packed: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`packed`: the pgss baseline as `packing` made it, when the caller made it in slices."""
         p = self.pgss
+        if packed is None and p.prev is not None:
+            packed = drain(packing(p.prev))
         return {"version": VERSION, "watermark": self.watermark,
                 "identity": {"system_identifier": self.identity.system_identifier,
                              "postmaster_start": self.identity.postmaster_start},
                 "totals": self.totals.to_json(),
-                "pgss": {"stats_reset": p.stats_reset, "dealloc": p.dealloc,
-                         "packed": None if p.prev is None else pack_entries(p.prev)},
+                "pgss": {"stats_reset": p.stats_reset, "dealloc": p.dealloc, "packed": packed},
                 "pgsm": self.pgsm.to_json()}
 
     @classmethod
@@ -86,23 +90,21 @@ class SamplerState:
                    pgss=pgss, pgsm=Watch.from_json(d.get("pgsm") or {}))
 
 
-def pack_entries(e: Entries) -> dict[str, Any]:
+def packing(e: Entries) -> Slices[dict[str, Any]]:
     """The pgss baseline as three compressed arrays (keys, values, stats_since), column-major:
     10k entries are ~0.3-0.4 MB instead of 3.9 MB of JSON numbers. Labels are not kept: only
-    the current read's labels are exported."""
+    the current read's labels are exported. zlib releases the GIL: it runs in a thread."""
     n = len(e)
-    keys = array("q", bytes(8 * 4 * n))  # per entry: userid, dbid, queryid, toplevel
+    keys = array("q", bytes(8 * 4 * n))  # per entry: userid, dbid, queryid, toplevel (C loops)
     for j, col in enumerate((e.users, e.dbs, e.qids, e.tops)):
         keys[j::4] = array("q", col)
     cols = array("d")
     for j in range(NFIELDS):  # a strided slice each: C loops, not a Python loop over 190k values
         cols.extend(e.vals[j::NFIELDS])
-
-    def z(a: array[Any]) -> str:
-        return base64.b64encode(zlib.compress(a.tobytes(), 6)).decode()
-
-    return {"n": n, "fields": NFIELDS, "byteorder": sys.byteorder,
-            "keys": z(keys), "vals": z(cols), "since": z(e.since)}
+        yield None
+    zipped = yield Offload(lambda: [zlib.compress(a.tobytes(), 6) for a in (keys, cols, e.since)])
+    kz, vz, sz = (base64.b64encode(z).decode() for z in zipped)
+    return {"n": n, "fields": NFIELDS, "byteorder": sys.byteorder, "keys": kz, "vals": vz, "since": sz}
 
 
 def unpack_entries(p: dict[str, Any]) -> Entries | None:
@@ -140,22 +142,36 @@ def load(path: Path, label_names: tuple[str, ...]) -> SamplerState:
     return st
 
 
+def encoding(state: SamplerState) -> Slices[bytes]:
+    """The state file's bytes, made in slices (agent/core/slices.py)."""
+    prev = state.pgss.prev
+    packed = None if prev is None else (yield from packing(prev))
+    text = yield from _dumping(state.to_json(packed))
+    return text.encode()
+
+
 def encode(state: SamplerState) -> bytes:
-    return _dumps(state.to_json()).encode()
+    return drain(encoding(state))
 
 
 _PIECE = 64  # list elements encoded by one json.dumps call
 
 
-def _dumps(x: Any) -> str:
+def _dumping(x: Any) -> Slices[str]:
     """What json.dumps(x, separators=(",", ":")) gives, made a piece at a time. json.dumps is
     one C call that keeps the GIL, and so the event loop, for all of it (~10 ms or more for
-    the totals at 10k statements, even in a worker thread); between pieces the loop gets in."""
+    the totals at 10k statements); between pieces the loop gets in."""
     if isinstance(x, dict):
-        return "{" + ",".join(f"{json.dumps(k)}:{_dumps(v)}" for k, v in x.items()) + "}"
+        items = []
+        for k, v in x.items():
+            items.append(f"{json.dumps(k)}:" + (yield from _dumping(v)))
+        return "{" + ",".join(items) + "}"
     if isinstance(x, list) and len(x) > _PIECE:
-        return "[" + ",".join(json.dumps(x[i:i + _PIECE], separators=(",", ":"))[1:-1]
-                              for i in range(0, len(x), _PIECE)) + "]"
+        pieces = []
+        for i in range(0, len(x), _PIECE):
+            pieces.append(json.dumps(x[i:i + _PIECE], separators=(",", ":"))[1:-1])
+            yield None
+        return "[" + ",".join(pieces) + "]"
     return json.dumps(x, separators=(",", ":"))
 
 
@@ -165,13 +181,19 @@ def save(path: Path, state: SamplerState) -> int:
     return len(data)
 
 
+def _write(path: Path, data: bytes) -> int:
+    write_atomic(path, data)
+    return len(data)
+
+
 class Writer:
     """When the state is written, and what a failed write does.
 
     `changed(urgent)` marks the state dirty; `maybe_save()` writes it when urgent, or when the
     token bucket is not in debt (a write may take it into debt; the budget pays it back over time), so bytes written in
-    any T minutes stay under burst + budget x T + one file; `save()` writes now (a clean stop). Encoding and
-    writing run in a worker thread: neither the JSON nor the fsync holds the event loop. A write
+    any T minutes stay under burst + budget x T + one file; `save()` writes now (a clean stop). Encoding
+    runs in slices on the loop, compressing and writing in a worker thread: neither the JSON nor
+    the fsync holds the event loop. A write
     that fails (a full disk, a state directory we may not write) is logged once per reason as
     `sampler_state_not_saved`, counted, kept dirty and retried after the next read: the
     sampler goes on reading, with its counters in memory.
@@ -202,7 +224,8 @@ class Writer:
 
     async def save(self, state: SamplerState) -> None:
         try:
-            n = await anyio.to_thread.run_sync(save, self.path, state)
+            data = await slices.run(encoding(state))  # on the loop in slices, zlib in a thread
+            n = await anyio.to_thread.run_sync(_write, self.path, data)  # write + fsync
         except OSError as e:
             self.health.state_write_errors += 1  # tokens untouched: retried after the next read
             err = f"{type(e).__name__}: {e}"[:300]

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 from psycopg import sql
 
+from agent.core.slices import Slices
 from agent.sampler.buckets import (
     ReadPlan,
     Watch,
@@ -249,7 +250,12 @@ class PgsmRead:
     def rows(self) -> int:
         return self.batches.rows
 
-    def fold(self, st: SamplerState, limits: Limits) -> Folded:
+    def dropping(self) -> Slices[None]:
+        """Frees the read's aggregates in slices, once folded (see Batch.dropping)."""
+        for batch in self.batches.buckets.values():
+            yield from batch.dropping()
+
+    def fold(self, st: SamplerState, limits: Limits) -> Slices[Folded]:
         """Each finished bucket added to a copy of the totals, oldest first (so top-N promotion
         sees buckets as they happened), errors and warnings too, and the buckets the extension
         lost counted; the watermark moves to plan.hi. A priming read only takes the baseline."""
@@ -266,7 +272,7 @@ class PgsmRead:
         if totals is st.totals:
             totals = totals.copy()
         for bucket in sorted(b.buckets):
-            totals.add(b.buckets[bucket], limits.top_n, limits.max_series)
+            yield from totals.adding(b.buckets[bucket], limits.top_n, limits.max_series)
         totals.add_errors((elevel, sqlcode, calls) for (elevel, sqlcode), calls in b.errors.items())
         totals.add_warnings(b.warnings.items())
         watch, resets, lost_events = account_losses(s, plan, self.now, b, st.pgsm, totals)

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from psycopg import sql
 
+from agent.core.slices import Slices
 from agent.sampler.deltas import Entries
 from agent.sampler.persist import SamplerState
 from agent.sampler.source import Conn, Folded, Level, Limits, SourceUnavailable, read_chunks
@@ -94,11 +95,17 @@ class PgssRead:
     duration: float
     wait: float
 
-    def fold(self, st: SamplerState, limits: Limits) -> Folded:
+    def dropping(self) -> Slices[None]:
+        yield from ()  # its entries become the next baseline
+
+    def fold(self, st: SamplerState, limits: Limits) -> Slices[Folded]:
         """The increments since the baseline, added to a copy of the totals (tens of ms at 10k
-        entries: run in a worker thread); this read becomes the next baseline."""
-        res = st.pgss.apply(self.entries, self.stats_reset, self.dealloc)
-        totals = st.totals.added(res.batch, limits.top_n, limits.max_series) if len(res.batch) else st.totals
+        entries: run in slices); this read becomes the next baseline."""
+        res = yield from st.pgss.applying(self.entries, self.stats_reset, self.dealloc)
+        totals = st.totals
+        if len(res.batch):
+            totals = yield from totals.added(res.batch, limits.top_n, limits.max_series)
+        yield from res.batch.dropping()
         seen = tuple((kind, k) for kind, k in (("stats_reset", int(res.reset)), ("dealloc", res.dealloc),
                                                ("recreated", res.recreated)) if k)
         events: list[tuple[Level, str, dict[str, Any]]] = [

@@ -12,11 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-import anyio
 import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from agent.core.slices import Slices
 from agent.sampler.persist import Identity, SamplerState
 
 Conn = psycopg.AsyncConnection[dict[str, Any]]
@@ -25,8 +25,11 @@ Query = str | sql.Composed
 # Rows fetched per round trip of a read. A read is consumed chunk by chunk, so the agent never
 # holds more than this many source rows at once, whatever the view's size (pg_stat_statements.max,
 # pg_stat_monitor's buckets x entries). psycopg turns a chunk into tuples in the event loop's
-# thread, ~7 us a row of 27 columns: 200 rows hold the loop ~1.5 ms (500 held it ~3.5 ms, bench/).
-CHUNK_ROWS = 200
+# thread, ~7 us a row of pg_stat_statements' 27 columns, ~15 us of pg_stat_monitor's ~50, and
+# the chunk is then consumed there too (~2.5-10 us a row): 50 rows hold the loop ~0.5-1.2 ms
+# (100 pgsm rows held it up to 3 ms; 500 pgss rows ~3.5 ms for the tuples alone, bench/). A
+# round trip each: ~0.1 ms on a socket, ~20 ms more for a read of 10k rows.
+CHUNK_ROWS = 50
 
 # pg_stat_monitor is detected by its view plus its version function rather than pg_extension
 # alone: that is what a read needs, and it also finds a schema-faithful stand-in in tests.
@@ -118,8 +121,13 @@ class Read(Protocol):
         """Wall time of the read; None when nothing was read."""
         ...
 
-    def fold(self, st: SamplerState, limits: Limits) -> Folded:
-        """The state after this read. Pure: `st` is left as it was."""
+    def fold(self, st: SamplerState, limits: Limits) -> Slices[Folded]:
+        """The state after this read, made in slices (agent/core/slices.py). Pure: `st` is
+        left as it was."""
+        ...
+
+    def dropping(self) -> Slices[None]:
+        """Frees what the read holds, in slices, once it is folded."""
         ...
 
 
@@ -149,8 +157,12 @@ class Idle:
     rows: int = 0
     duration: float | None = None
 
-    def fold(self, st: SamplerState, limits: Limits) -> Folded:
+    def fold(self, st: SamplerState, limits: Limits) -> Slices[Folded]:
+        yield from ()
         return Folded(st, changed=False, resets=self.resets, events=self.events)
+
+    def dropping(self) -> Slices[None]:
+        yield from ()
 
 
 async def detect(conn: Conn, want: str, *, skip_pgsm: bool = False) -> str:
@@ -207,8 +219,8 @@ async def read_chunks(conn: Conn, query: Query, params: dict[str, Any] | None,
                       consume: Callable[[Sequence[tuple[Any, ...]]], None], *,
                       chunk: int = CHUNK_ROWS) -> int:
     """Runs one read through a server-side cursor and hands its rows to `consume` in chunks
-    of tuple rows (positional, no per-row dict), each in a worker thread (10k rows are tens of
-    ms of Python), so the loop only waits for the network; returns the row count.
+    of tuple rows (positional, no per-row dict), on the loop between round trips: a chunk is a
+    slice (agent/core/slices.py says why not a worker thread); returns the row count.
 
     The cursor lives in its own short transaction (the session is autocommit): a server-side
     cursor needs one, and it ends with the read.
@@ -218,5 +230,5 @@ async def read_chunks(conn: Conn, query: Query, params: dict[str, Any] | None,
         await cur.execute(query, params)
         while rows := await cur.fetchmany(chunk):
             n += len(rows)
-            await anyio.to_thread.run_sync(consume, rows)
+            consume(rows)
     return n

@@ -6,8 +6,11 @@ directories (under $TMPDIR, else /var/tmp: agent.lab.rundir) are deleted after p
 after a failure their logs and configs are kept (path printed) and their data dirs removed.
 
 `fresh_cluster` and `fresh_agents` run on the default lab unless a test parametrizes
-`lab_variant` with one of `PROD_VARIANTS`: etcd 3.5 with TLS, client certificates and RBAC
-(expiring tokens), Patroni's REST API over HTTPS, under Patroni 4 or 3.
+`lab_variant` with one of `TIMING_VARIANTS` or `PROD_VARIANTS`. The default lab runs Patroni with
+fast timings (`LAB_FAST`, a convenience); "patroni-defaults" is the same plain lab (etcd 3.4,
+HTTP, Patroni 4) with Patroni's own defaults (ttl 30, loop_wait 10, retry_timeout 10). The
+PROD_VARIANTS are etcd 3.5 with TLS, client certificates and RBAC (expiring tokens), Patroni's
+REST API over HTTPS, under Patroni 4 or 3.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from agent.lab import pgversions
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import ETCD35_BIN, ETCD_BIN, Etcd
-from agent.lab.patroni import PATRONI3_BIN, PATRONI_BIN, PG_BIN_DIR
+from agent.lab.patroni import LAB_FAST, PATRONI3_BIN, PATRONI_BIN, PATRONI_DEFAULTS, PG_BIN_DIR, PatroniTimings
 from agent.lab.procs import LAB_USER
 from agent.lab.rundir import drop_data, new_run_dir, remove_run_dir
 
 HERE = Path(__file__).parent
 _scopes = itertools.count(1)
+# the session's archiving instances: each test's archived WAL is pruned after it (_archive_retention)
+_session_archives: list[Callable[[], int]] = []
 
 
 def _missing() -> str | None:
@@ -98,6 +103,16 @@ def run_dir(request: pytest.FixtureRequest, lab_prereqs: None) -> Iterator[Path]
     _finish(request, path, _failed(request))
 
 
+@pytest.fixture(autouse=True)
+def _archive_retention() -> Iterator[None]:
+    """The session instances live for the whole run and archive every test's WAL (the repack
+    tests alone write ~60 MB each): after each test their archives keep only the newest segment,
+    as an operator's pg_archivecleanup would (agent.lab.archive)."""
+    yield
+    for prune in _session_archives:
+        prune()
+
+
 @pytest.fixture(scope="session")
 def etcd(session_dir: Path) -> Iterator[Etcd]:
     e = Etcd(session_dir)
@@ -130,6 +145,8 @@ def secure_etcd(run_dir: Path) -> Iterator[Callable[[str], LabEtcd]]:
         lab.etcd.stop()
 
 
+# lab_variant -> Patroni's timings, on the session etcd with plain HTTP
+TIMING_VARIANTS: dict[str, PatroniTimings] = {"default": LAB_FAST, "patroni-defaults": PATRONI_DEFAULTS}
 # lab_variant -> the Patroni it runs, on `secure_etcd` with Patroni's REST API over HTTPS
 PROD_VARIANTS = {"prod": PATRONI_BIN, "prod-patroni3": PATRONI3_BIN}
 
@@ -137,7 +154,7 @@ PROD_VARIANTS = {"prod": PATRONI_BIN, "prod-patroni3": PATRONI3_BIN}
 @pytest.fixture
 def lab_variant() -> str:
     """Which lab `fresh_cluster` and `fresh_agents` build: "default", or a test parametrizes it
-    with PROD_VARIANTS keys."""
+    with TIMING_VARIANTS or PROD_VARIANTS keys."""
     return "default"
 
 
@@ -148,8 +165,8 @@ def lab_scope() -> str:
 
 @pytest.fixture
 def lab_etcd(request: pytest.FixtureRequest, lab_variant: str, lab_scope: str) -> LabEtcd:
-    """The session etcd for the default lab; a `secure_etcd` of the test's own for the others."""
-    if lab_variant == "default":
+    """The session etcd for the plain labs; a `secure_etcd` of the test's own for the others."""
+    if lab_variant in TIMING_VARIANTS:
         return LabEtcd(request.getfixturevalue("etcd"))
     secure: Callable[[str], LabEtcd] = request.getfixturevalue("secure_etcd")
     return secure(lab_scope)
@@ -160,6 +177,7 @@ def cluster(session_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
     c = Cluster(session_dir, etcd.url, scope="lab")
     try:
         c.start()
+        _session_archives.append(c.prune_archive)
         yield c
     finally:
         c.stop()
@@ -168,8 +186,8 @@ def cluster(session_dir: Path, etcd: Etcd) -> Iterator[Cluster]:
 @pytest.fixture
 def fresh_cluster(run_dir: Path, lab_variant: str, lab_etcd: LabEtcd, lab_scope: str) -> Iterator[Cluster]:
     """A cluster of its own (own scope on the session etcd, or on the variant's etcd) that a test may break."""
-    if lab_variant == "default":
-        c = Cluster(run_dir, lab_etcd.etcd.url, scope=lab_scope)
+    if lab_variant in TIMING_VARIANTS:
+        c = Cluster(run_dir, lab_etcd.etcd.url, scope=lab_scope, timings=TIMING_VARIANTS[lab_variant])
     else:
         if not PROD_VARIANTS[lab_variant].exists():
             pytest.skip(f"{lab_variant}: missing (run .ci/install): {PROD_VARIANTS[lab_variant]}")
@@ -189,6 +207,7 @@ def pg15(session_dir: Path) -> Iterator[PgInstance]:
     pg = PgInstance(session_dir, version=15)
     try:
         pg.start()
+        _session_archives.append(pg.prune_archive)
         yield pg
     finally:
         pg.stop()
@@ -205,6 +224,7 @@ def pg_other(session_dir: Path) -> Iterator[Callable[[int], PgInstance]]:
             if not (pg.bin_dir / "postgres").exists():
                 pytest.skip(f"PostgreSQL {version} missing (run .ci/install): {pg.bin_dir}")
             pg.start()
+            _session_archives.append(pg.prune_archive)
             started[version] = pg
         return started[version]
 

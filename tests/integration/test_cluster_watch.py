@@ -1,9 +1,12 @@
 """Agents on a real 3-node Patroni cluster: one confirmed primary, switchover, split-brain seen.
 
-The faults run on the default lab and on production-shaped ones (`lab_variant`, conftest's
-PROD_VARIANTS): etcd 3.5 with TLS, client certificates, RBAC and tokens expiring every 2 idle
-seconds, HTTPS Patroni 4 and Patroni 3. There the agents' tokens expire mid-run, and the DCS must
-not flap for it."""
+The faults run on the default lab and on the variants of conftest's `lab_variant`:
+"patroni-defaults" runs Patroni with its own timings (ttl 30, loop_wait 10, retry_timeout 10)
+instead of the lab's fast ones; the production-shaped PROD_VARIANTS run etcd 3.5 with TLS, client
+certificates, RBAC and tokens expiring every 2 idle seconds, HTTPS Patroni 4 and Patroni 3. There
+the agents' tokens expire mid-run, and the DCS must not flap for it. Waits for Patroni's actions
+take their deadlines from the cluster's timings, so one test serves both; waits on the agents
+alone (a few of their own poll intervals, 2 s for PostgreSQL and 5 s for Patroni) stay fixed."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from testlab.secure import AGENT_PASSWORD
 from agent.lab.agents import Agent, Agents
 from agent.lab.cluster import Cluster
 from agent.lab.etcd import Etcd
+from agent.lab.patroni import PATRONI_DEFAULTS
 from agent.lab.procs import wait_until
 
 PATRONI_MAJOR = {"prod": "4.", "prod-patroni3": "3."}
@@ -50,14 +54,21 @@ def events(a: Agent) -> list[dict[str, Any]]:
 
 
 # the switchover and the postmaster kill are quick on the default lab, slow on the others
-ALL_LABS = ["default", *(pytest.param(v, marks=pytest.mark.slow) for v in PATRONI_MAJOR)]
+SLOW_LABS = ["patroni-defaults", *PATRONI_MAJOR]
+ALL_LABS = ["default", *(pytest.param(v, marks=pytest.mark.slow) for v in SLOW_LABS)]
 
 
-def check_production_shaped(lab_variant: str, cluster: Cluster, agents: list[Agent]) -> None:
-    """On a production-shaped lab: it is what it claims, every agent's etcd token expired and was
-    renewed during its run (waited for: tokens expire after 2 idle seconds, the scope's silences are
-    checked every 5), and that never dropped the DCS nor restarted a watch stream for it."""
-    if lab_variant == "default":
+def check_lab_is_what_it_claims(lab_variant: str, cluster: Cluster, agents: list[Agent]) -> None:
+    """The lab is what it claims: Patroni runs the timings the test's deadlines came from, and
+    "patroni-defaults" runs Patroni's own. On a production-shaped lab, also: every agent's etcd
+    token expired and was renewed during its run (waited for: tokens expire after 2 idle seconds,
+    the scope's silences are checked every 5), and that never dropped the DCS nor restarted a watch
+    stream for it."""
+    assert cluster.dcs_timings() == cluster.timings
+    if lab_variant == "patroni-defaults":
+        assert cluster.timings == PATRONI_DEFAULTS
+        assert all(n.rest_url.startswith("http://") for n in cluster.nodes)
+    if lab_variant in ("default", "patroni-defaults"):
         return
     assert all(n.rest_url.startswith("https://") for n in cluster.nodes)
     assert all('endpoints = ["https://' in a.config_path.read_text() for a in agents)
@@ -90,7 +101,8 @@ def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, fresh_ag
     assert old is not None
     wait_until(lambda: settled(fresh_agents, old), 20, "agents settled before", detail=lambda: summary(fresh_agents))
     new = fresh_cluster.switchover()
-    wait_until(lambda: settled(fresh_agents, new), 20, "agents settled after switchover",
+    # the old primary rejoins as a replica at Patroni's next cycle
+    wait_until(lambda: settled(fresh_agents, new), fresh_cluster.timings.in_place(), "agents settled after switchover",
                detail=lambda: summary(fresh_agents))
     for a in fresh_agents:
         assert "pgnode_leader_changes_total 1.0" in a.metrics(), a.name
@@ -105,19 +117,19 @@ def test_switchover_is_seen_by_every_agent_once(fresh_cluster: Cluster, fresh_ag
     roles = [steps[0]["old"]] + [e["new"] for e in steps]
     assert "primary" in roles and roles[-1] == "replica"
     assert roles[roles.index("primary") + 1:] in (["replica"], ["unknown", "replica"])
-    check_production_shaped(lab_variant, fresh_cluster, list(fresh_agents))
+    check_lab_is_what_it_claims(lab_variant, fresh_cluster, list(fresh_agents))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lab_variant", ["default", "prod", "prod-patroni3"])
+@pytest.mark.parametrize("lab_variant", ["default", *SLOW_LABS])
 def test_kill9_of_patroni_on_primary_shows_split_brain_then_failover(fresh_cluster: Cluster,
                                                                      fresh_agents: Agents, lab_variant: str) -> None:
     old = fresh_cluster.leader_name()
     assert old is not None
     wait_until(lambda: settled(fresh_agents, old), 20, "agents settled before", detail=lambda: summary(fresh_agents))
     fresh_cluster.node(old).kill9_patroni()
-    # ttl 20: a replica takes the key after ~20 s while the orphan postmaster stays writable
-    new = fresh_cluster.wait_for_leader(lambda n: n != old, 45)
+    # a replica takes the key once it expires (ttl) while the orphan postmaster stays writable
+    new = fresh_cluster.wait_for_leader(lambda n: n != old, fresh_cluster.timings.leader_lost())
     wait_until(lambda: state(fresh_agents[old]).get("disagreement") == "writable_without_leader_key", 20,
                "split-brain visible on the old primary's agent", detail=lambda: summary(fresh_agents))
     s_old = state(fresh_agents[old])
@@ -127,7 +139,7 @@ def test_kill9_of_patroni_on_primary_shows_split_brain_then_failover(fresh_clust
                detail=lambda: summary(fresh_agents))
     confirmed = [a.name for a in fresh_agents if state(a).get("confirmed_primary")]
     assert confirmed == [new]
-    check_production_shaped(lab_variant, fresh_cluster, list(fresh_agents))
+    check_lab_is_what_it_claims(lab_variant, fresh_cluster, list(fresh_agents))
 
 
 def test_agent_for_another_member_than_patroni_exits_78(run_dir: Path, cluster: Cluster, etcd: Etcd) -> None:
@@ -153,13 +165,14 @@ def test_kill9_of_the_primary_postmaster_is_reported_and_survived(fresh_cluster:
     a = fresh_agents[leader]
     wait_until(lambda: state(a).get("postgres_up") is False, 10, "postgres down seen")
     assert state(a)["confirmed_primary"] is False
-    # Patroni restarts PostgreSQL in place and keeps the lock: no failover
-    wait_until(lambda: settled(fresh_agents, leader), 40, "agents settled after restart in place",
+    # Patroni restarts PostgreSQL in place at its next cycle and keeps the lock: no failover
+    wait_until(lambda: settled(fresh_agents, leader), fresh_cluster.timings.in_place(),
+               "agents settled after restart in place",
                detail=lambda: summary(fresh_agents))
     for ag in fresh_agents:
         assert "pgnode_leader_changes_total 0.0" in ag.metrics()
         assert a.status()["components"]["pg_role"]["restarts"] == 0
-    check_production_shaped(lab_variant, fresh_cluster, list(fresh_agents))
+    check_lab_is_what_it_claims(lab_variant, fresh_cluster, list(fresh_agents))
 
 
 @pytest.mark.slow
@@ -171,11 +184,11 @@ def test_loss_of_the_primary_node_moves_the_leader_for_every_surviving_agent(
     wait_until(lambda: settled(fresh_agents, old), 20, "agents settled before", detail=lambda: summary(fresh_agents))
     fresh_agents[old].stop()
     fresh_cluster.node(old).kill9_all()
-    new = fresh_cluster.wait_for_leader(lambda n: n != old, 45)
+    new = fresh_cluster.wait_for_leader(lambda n: n != old, fresh_cluster.timings.leader_lost())
     survivors = [a for a in fresh_agents if a.name != old]
     wait_until(lambda: all(state(a).get("leader") == new for a in survivors)
                and state(fresh_agents[new]).get("confirmed_primary") is True, 30,
                "survivors follow the new leader", detail=lambda: summary(fresh_agents))
     for a in survivors:
         assert "pgnode_leader_changes_total 1.0" in a.metrics()
-    check_production_shaped(lab_variant, fresh_cluster, survivors)
+    check_lab_is_what_it_claims(lab_variant, fresh_cluster, survivors)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from agent.lab import http
 from agent.lab.agents import Agents
 from agent.lab.cluster import Cluster, all_dead
 from agent.lab.etcd import Etcd
+from agent.lab.patroni import PATRONI3_BIN, PATRONI_BIN, PATRONI_DEFAULTS
 from agent.lab.procs import pid_alive, wait_until
 
 
@@ -26,6 +29,20 @@ def test_cluster_has_one_running_leader_and_streaming_replicas(cluster: Cluster)
     preload = cluster.psql(leader, "show shared_preload_libraries")[0][0]
     assert "pg_stat_statements" in preload
     assert cluster.psql(cluster.replicas()[0], "select pg_is_in_recovery()") == [(True,)]
+
+
+@pytest.mark.parametrize("patroni_bin", [PATRONI_BIN, PATRONI3_BIN], ids=["patroni4", "patroni3"])
+def test_patroni_defaults_are_the_installed_patronis_own(patroni_bin: Path) -> None:
+    """The "patroni-defaults" lab variant claims Patroni's defaults: ask each installed Patroni."""
+    if not patroni_bin.exists():
+        pytest.skip(f"missing (run .ci/install): {patroni_bin}")
+    code = ("import json; from patroni.config import Config; d = Config.get_default_config(); "
+            "print(json.dumps({k: d[k] for k in ('ttl', 'loop_wait', 'retry_timeout')}))")
+    out = subprocess.run([str(patroni_bin.with_name("python")), "-c", code], check=True, capture_output=True,
+                         text=True, timeout=60).stdout
+    want = {"ttl": PATRONI_DEFAULTS.ttl, "loop_wait": PATRONI_DEFAULTS.loop_wait,
+            "retry_timeout": PATRONI_DEFAULTS.retry_timeout}
+    assert json.loads(out) == want
 
 
 def test_switchover_moves_the_leader(cluster: Cluster) -> None:
@@ -105,7 +122,7 @@ def test_agents_come_up_and_name_the_patroni_leader(cluster: Cluster, agents: Ag
 def test_kill9_of_the_leader_node_elects_a_new_leader(fresh_cluster: Cluster) -> None:
     old, pids = fresh_cluster.kill9_leader()
     assert all_dead(pids)
-    new = fresh_cluster.wait_for_leader(lambda n: n != old, timeout=45)  # ttl 20 + loop_wait
+    new = fresh_cluster.wait_for_leader(lambda n: n != old, timeout=fresh_cluster.timings.leader_lost())
     assert new != old
     fresh_cluster.wait_writable(new, timeout=15)
 

@@ -60,6 +60,25 @@ def calls(pg: PgInstance, db: str) -> int:
     return int(q(pg, db, "SELECT last_value FROM guard_calls")[0][0])
 
 
+# what every session and server process is doing, and which lock requests wait: a wait for the
+# agent that times out names the query it is in and what that query waits on
+ACTIVITY = """
+SELECT a.pid, a.backend_type, a.application_name, a.state, a.wait_event_type, a.wait_event,
+       round(extract(epoch FROM clock_timestamp() - a.query_start)::numeric, 1) AS query_seconds,
+       left(a.query, 100) AS query,
+       (SELECT array_agg(l.locktype || ':' || l.mode || coalesce(':' || l.relation::regclass::text, ''))
+          FROM pg_locks l WHERE l.pid = a.pid AND NOT l.granted) AS waiting_for
+  FROM pg_stat_activity a
+ WHERE a.pid <> pg_backend_pid() AND (a.datname = %s OR a.datname IS NULL)
+   AND (a.state IS DISTINCT FROM 'idle' OR a.backend_type <> 'client backend'
+        OR a.application_name IN ('pg_repack', 'pg-node-agent/repack'))
+"""
+
+
+def activity(pg: PgInstance, db: str) -> list[tuple[object, ...]]:
+    return q(pg, db, ACTIVITY, (db,))
+
+
 def blocker_on_other(pg: PgInstance, db: str) -> psycopg.Connection[tuple[object, ...]]:
     """An open transaction on another table: pg_repack waits for it after its copy, 'forever'."""
     c = psycopg.connect(pg.conninfo.replace("dbname=postgres", f"dbname={db}"))
@@ -151,7 +170,7 @@ async def test_cleanup_blocked_by_a_client_lock_is_listed_at_once_and_dropped_on
             client.commit()
             t0 = time.monotonic()
             await await_until(lambda: ctx.registry.get_sample_value("pgnode_repack_leftovers") == 0,
-                              90, "the retry drops the leftovers")
+                              90, "the retry drops the leftovers", detail=lambda: activity(pg15, db))
             elapsed = time.monotonic() - t0
             assert q(pg15, db, LEFTOVERS)[0][0] == 0
             assert ctx.registry.get_sample_value("pgnode_repack_leftover_log_bytes") == 0
@@ -203,7 +222,7 @@ async def test_leftovers_found_on_becoming_primary_under_a_client_lock_are_liste
                 assert q(pg15, db, LEFTOVERS)[0][0] > 0
                 client.commit()
                 await await_until(lambda: ctx.registry.get_sample_value("pgnode_repack_leftovers") == 0, 90,
-                                  "a retry drops them")
+                                  "a retry drops them", detail=lambda: activity(pg15, db))
                 assert q(pg15, db, LEFTOVERS)[0][0] == 0
         assert any(e["event"] == "repack_leftovers_found" for e in logs)
         assert not client_killed(pg15, client.info.backend_pid, log_from)

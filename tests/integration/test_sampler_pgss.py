@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from prometheus_client import CollectorRegistry
 from psycopg import sql
@@ -16,14 +18,15 @@ from structlog.testing import capture_logs
 from testlab.postgres import PgInstance
 
 from agent.core import config as config_mod
-from agent.core import malloc
+from agent.core import malloc, slices
 from agent.core.context import Context
 from agent.sampler import deltas as deltas_mod
 from agent.sampler import persist
 from agent.sampler import totals as totals_mod
 from agent.sampler.component import Sampler, components
-from agent.sampler.pg_stat_statements import PgStatStatements
-from agent.sampler.source import Limits
+from agent.sampler.pg_stat_statements import PgssRead, PgStatStatements
+from agent.sampler.source import CHUNK_ROWS, Limits
+from agent.sampler.totals import NFIELDS
 
 
 def make_ctx(pg: PgInstance, state_dir: Path) -> Context:
@@ -289,15 +292,17 @@ async def test_a_clean_stop_writes_what_the_budget_held_back(
     assert sampler.health.state_bytes_written > 0
 
 
-async def test_the_heavy_work_of_a_step_runs_off_the_event_loop(
+async def test_the_heavy_work_of_a_step_runs_on_the_loop_in_slices(
     pg15: PgInstance, pgss_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Storing rows, deltas, folding and encoding the state cost ~190 ms of Python at 10k
-    entries: each must run in a worker thread, never in the event loop's (speed is in bench/).
-    So does giving the read's freed heap pages back (malloc_trim walks every arena)."""
+    """Storing rows, deltas, folding and encoding the state are ~70 ms of Python a step at 10k
+    entries: they run in the loop's thread, never in a worker's (whose GIL a preempted worker
+    would keep), and never in one piece: other tasks run between their slices. Only zlib, which
+    releases the GIL, runs in a worker thread (agent/core/slices.py; speed is in bench/). So does
+    giving the read's freed heap pages back (malloc_trim releases the GIL and walks every arena)."""
     where: dict[str, set[int]] = {}
 
-    def on_thread(owner: object, name: str) -> None:
+    def record(owner: object, name: str) -> None:
         real = getattr(owner, name)
 
         def wrapped(*a: object, **kw: object) -> object:
@@ -306,25 +311,77 @@ async def test_the_heavy_work_of_a_step_runs_off_the_event_loop(
 
         monkeypatch.setattr(owner, name, wrapped)
 
-    on_thread(deltas_mod.Entries, "add_rows")
-    on_thread(deltas_mod.PgssDeltas, "apply")
-    on_thread(totals_mod.Totals, "add")
-    on_thread(persist, "encode")
-    on_thread(malloc, "trim")
+    record(deltas_mod.Entries, "add_rows")
+    record(deltas_mod.PgssDeltas, "applying")
+    record(totals_mod.Totals, "adding")
+    record(persist, "packing")
+    record(persist.zlib, "compress")
+    record(malloc, "trim")
+    monkeypatch.setattr(slices, "SLICE", 0.0)  # every pause turns the loop: countable
+    turns = 0
+    during: dict[str, int] = {}  # loop turns while each phase ran
+
+    def counted_async(phase: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(*a: Any) -> Any:
+            t = turns
+            try:
+                return await real(*a)
+            finally:
+                during[phase] = turns - t
+
+        return wrapped
+
+    real_fold = PgssRead.fold
+
+    def fold(*a: Any) -> Any:
+        t = turns
+        try:
+            return (yield from real_fold(*a))
+        finally:
+            during["fold"] = turns - t
+
+    monkeypatch.setattr(PgStatStatements, "read", counted_async("read", PgStatStatements.read))
+    monkeypatch.setattr(PgssRead, "fold", fold)
+    monkeypatch.setattr(persist.Writer, "save", counted_async("save", persist.Writer.save))
     ctx = make_ctx(pg15, tmp_path)
     sampler: Sampler = components(ctx)[0].run.__self__  # type: ignore[attr-defined]
+    with pg15.connect("pgss_t") as c:  # 300 statements of distinct shapes: 300 queryids
+        for k in range(300):
+            c.execute("SELECT x" + " + 1" * k + " FROM sampler_probe")
     workload(pg15, 2, 1)
     loop_thread = threading.get_ident()
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            await anyio.lowlevel.checkpoint()
+            turns += 1
+
     conn = await sampler.open(ctx)
     try:
         await sampler.step(ctx, conn)
+        with pg15.connect("pgss_t") as c:  # each of them ran again: 300 deltas to fold
+            for k in range(300):
+                c.execute("SELECT x" + " + 1" * k + " FROM sampler_probe")
         ins, _ = workload(pg15, 3, 1)
-        await sampler.step(ctx, conn)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await anyio.lowlevel.checkpoint()
+            await sampler.step(ctx, conn)
+            await sampler.writer.save(sampler.state)
+            tg.cancel_scope.cancel()
     finally:
         await conn.close()
     assert calls(ctx, ins) == 3
-    assert set(where) == {"add_rows", "apply", "add", "encode", "trim"}
-    assert all(loop_thread not in threads for threads in where.values()), where
+    assert set(where) == {"add_rows", "applying", "adding", "packing", "compress", "trim"}
+    python = {n: t for n, t in where.items() if n not in ("compress", "trim")}
+    assert all(threads == {loop_thread} for threads in python.values()), where
+    assert loop_thread not in where["compress"] and loop_thread not in where["trim"], where
+    # 300+ entries: the rows come in chunks, the deltas pause every 64 entries, the encoding
+    # at every column and around zlib
+    assert during["read"] >= 300 // CHUNK_ROWS, during
+    assert during["fold"] >= 300 // 64, during
+    assert during["save"] >= NFIELDS, during
 
 
 async def test_an_unwritable_state_file_is_named_not_an_outage(

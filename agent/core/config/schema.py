@@ -244,9 +244,11 @@ class RepackConfig(Section):
     max_archive_ready_files: int = doc("Guard: stop when the archive backlog exceeds this.", 200)
     grace: Duration = doc("After SIGINT, pg_repack gets this long before SIGKILL.", Duration(1))
     lock_timeout: Duration = doc(
-        "lock_timeout of pg_repack's sessions (PGOPTIONS) and of the leftover cleanup: bounds how long "
-        "their ACCESS EXCLUSIVE requests can stall readers. Keep it above 1s: pg_repack 1.4.8 retries its "
-        "own lock attempts only on their 1s statement_timeout.", Duration(1.2))
+        "lock_timeout of pg_repack's sessions (PGOPTIONS): bounds how long their ACCESS EXCLUSIVE requests "
+        "can stall readers. Keep it above 1s: pg_repack 1.4.8 retries its own lock attempts only on their 1s "
+        "statement_timeout. The agent's own drop of an interrupted run's leftovers does not use it: each "
+        "attempt queues for at most 80 ms, attempts at least 0.8 s apart, so that drop never stalls readers "
+        "for long.", Duration(1.2))
     cleanup_timeout: Duration = doc("Deadline for stopping pg_repack and dropping its leftovers.", Duration(10))
     measure_timeout: Duration = doc(
         "statement_timeout of one pgstattuple_approx bloat measurement (run on the few tables that rank "

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from agent.lab import pgversions
+from agent.lab import archive, pgversions
 from agent.lab.patroni import PG_HBA, PG_IDENT, SUPERUSER
 from agent.lab.ports import free_port
 from agent.lab.procs import Proc, lab_user
@@ -93,6 +93,10 @@ class PgInstance:
     def restart(self, max_wait: float = 30.0) -> None:
         self.stop()
         self.start(max_wait)
+
+    def prune_archive(self) -> int:
+        """Archived segments older than the newest removed (agent.lab.archive); how many."""
+        return archive.prune(self.archive_dir, self.bin_dir)
 
     def connect(self, dbname: str = "postgres") -> psycopg.Connection[tuple[Any, ...]]:
         return psycopg.connect(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from agent.core.slices import drain
 from agent.sampler import persist
 from agent.sampler.buckets import ReadPlan, Watch
 from agent.sampler.deltas import Entries, PgssDeltas
@@ -34,14 +35,14 @@ def pgss_read(e: Entries, stats_reset: str = "t0") -> PgssRead:
 
 def test_a_pgss_fold_counts_increments_into_a_new_state_and_leaves_the_old_one() -> None:
     st = persist.SamplerState(totals=Totals(LABELS))
-    primed = pgss_read(entries((1, 5), (2, 3))).fold(st, LIMITS)
+    primed = drain(pgss_read(entries((1, 5), (2, 3))).fold(st, LIMITS))
     assert primed.state.pgss.prev is not None and primed.state.totals.series == {}
     assert [e[1] for e in primed.events] == ["sampler_pgss_primed"] and primed.resets == ()
     before = persist.encode(primed.state)
-    f = pgss_read(entries((1, 9), (2, 3))).fold(primed.state, LIMITS)
+    f = drain(pgss_read(entries((1, 9), (2, 3))).fold(primed.state, LIMITS))
     assert persist.encode(primed.state) == before  # the state folded from is unchanged
     assert {k: v[0] for k, v in f.state.totals.series.items()} == {("1", "db"): 4.0}
-    reset = pgss_read(entries((1, 2)), stats_reset="t1").fold(f.state, LIMITS)
+    reset = drain(pgss_read(entries((1, 2)), stats_reset="t1").fold(f.state, LIMITS))
     assert reset.resets == (("stats_reset", 1),)  # counted by the component, from here only
     assert {k: v[0] for k, v in reset.state.totals.series.items()} == {("1", "db"): 6.0}
 
@@ -59,7 +60,7 @@ def test_a_pgsm_fold_moves_the_watermark_counts_errors_and_losses_in_a_new_state
     before = persist.encode(st)
     # read at 2000: buckets 1200..1320 are in the plan, 1260 and 1320 were not seen and have
     # expired (retention then starts at 1980 - 9 x 60 = 1440)
-    f = PgsmRead(settings, ReadPlan(lo=1140, hi=1320), 2000.0, b, duration=0.05, wait=5.0).fold(st, LIMITS)
+    f = drain(PgsmRead(settings, ReadPlan(lo=1140, hi=1320), 2000.0, b, duration=0.05, wait=5.0).fold(st, LIMITS))
     assert persist.encode(st) == before
     t = f.state.totals
     assert f.state.watermark == 1320 and f.ingested_bucket == 1320 and t.le == settings.le
@@ -72,7 +73,7 @@ def test_a_pgsm_fold_moves_the_watermark_counts_errors_and_losses_in_a_new_state
 
 def test_nothing_due_leaves_the_state_and_says_why() -> None:
     st = persist.SamplerState(totals=Totals(LABELS), watermark=1320)
-    f = Idle(3.0, resets=(("clock_stepped_back", 1),)).fold(st, LIMITS)
+    f = drain(Idle(3.0, resets=(("clock_stepped_back", 1),)).fold(st, LIMITS))
     assert f.state is st and not f.changed and f.resets == (("clock_stepped_back", 1),)
 
 

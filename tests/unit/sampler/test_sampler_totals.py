@@ -100,3 +100,15 @@ def test_a_batch_filled_by_append_refuses_an_unindexed_add() -> None:
     assert len(b) == 1 and b.values(0)[0] == 3.0
     with pytest.raises(RuntimeError):
         b.add("1", ("db",), [1.0] * NFIELDS, None)
+
+
+def test_a_batch_is_emptied_in_slices() -> None:
+    from agent.sampler.totals import STRIDE
+
+    b = Batch()
+    n = STRIDE * 8 * 3 + 5
+    for i in range(n):
+        b.add(str(i), ("db",), [1.0] * NFIELDS, [1.0, 2.0])
+    pauses = sum(1 for _ in b.dropping())
+    assert len(b) == 0 and not b.qids and not b.labels and not b.resp and len(b.vals) == 0
+    assert pauses >= 6  # 4 chunks of the index, 4 of the lists: never all at once
