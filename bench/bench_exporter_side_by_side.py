@@ -272,6 +272,9 @@ def run_exporter(run: Path, pg: PgInstance, scrapes: int, procs: list[Proc]) -> 
     return scrape("postgres_exporter 0.11.1", port, "/metrics", exp.pid, scrapes)
 
 
+LONG_CALLBACK_MS = 2.0  # a step's callbacks listed above this CPU time
+
+
 @dataclass
 class LoopLag:
     steps: int
@@ -286,7 +289,8 @@ class LoopLag:
     minutes: float
 
 
-async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, period: float) -> LoopLag:
+async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, period: float,
+                    name_tasks: bool) -> LoopLag:
     """The sampler's real component in this process's event loop, with a probe task
     (bench/loopprobe.py) recording the loop's stalls, split by whether a sampler step was
     running. Another process re-runs the N statements back to back, so every read has up to N
@@ -318,6 +322,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
     # loop callback (thread_time around asyncio's Handle._run) is the agent's own share of it.
     step_cpu: list[float] = []
     worst: list[Any] = [0.0, ""]
+    long_cbs: list[tuple[float, str]] = []
     real_run = asyncio.events.Handle._run
 
     def timed_run(handle: asyncio.events.Handle) -> None:
@@ -327,7 +332,24 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
         if in_step and step_cpu:
             step_cpu[-1] = max(step_cpu[-1], dt)
             if dt > worst[0]:
-                worst[:] = [dt, repr(handle)[:300]]
+                worst[:] = [dt, where(handle)]
+            if dt > LONG_CALLBACK_MS:
+                long_cbs.append((dt, where(handle)))
+
+    def where(handle: asyncio.events.Handle) -> str:
+        """The callback; with --name-tasks, the task's coroutine and where it yielded after it."""
+        task = getattr(handle._callback, "__self__", None)  # a _PyTask's bound __step or __wakeup
+        if not hasattr(task, "get_coro"):
+            return repr(handle)[:300]
+        frames, coro = [], task.get_coro()
+        while coro is not None and getattr(coro, "cr_frame", None) is not None:  # down the await chain
+            frames.append(f"{coro.cr_frame.f_code.co_qualname}:{coro.cr_frame.f_lineno}")
+            coro = getattr(coro, "cr_await", None)
+        return f"task {task.get_coro().__qualname__}, yielded at " + " -> ".join(frames[-5:])
+
+    if name_tasks:  # the pure-Python Task, whose step callbacks name their task (slower: diagnosis only)
+        asyncio.get_running_loop().set_task_factory(
+            lambda loop, coro, **kw: asyncio.tasks._PyTask(coro, loop=loop, **kw))  # type: ignore[attr-defined]
 
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign,assignment]
     loop_ident = threading.get_ident()
@@ -374,6 +396,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
         step_saved.clear()
         step_cpu.clear()
         worst[:] = [0.0, ""]
+        long_cbs.clear()
         probe.outside = Window()
         b0, t0 = getattr(sampler.health, "state_bytes_written", -1), time.monotonic()
         load.start(10)
@@ -388,6 +411,8 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
     by_gen = {g: max((ms for gg, ms in gc_loop if gg == g), default=0.0) for g in (0, 1, 2)}
     print(f"garbage collections in the loop's thread during steps: {len(gc_loop)}, longest (CPU) by generation "
           + ", ".join(f"gen{g} {ms:.2f} ms" for g, ms in by_gen.items()))
+    print(f"loop callbacks over {LONG_CALLBACK_MS:g} ms of CPU during steps: {len(long_cbs)}"
+          + "".join(f"\n  {ms:.2f} ms {at}" for ms, at in sorted(long_cbs, reverse=True)[:8]))
     saved = [w.net_ms for w, wrote in zip(steps, step_saved, strict=False) if wrote]
     print(f"steps that wrote the state file: {len(saved)}, their stall less waiting for a CPU max "
           f"{max(saved, default=0):.2f} ms; other steps max "
@@ -397,7 +422,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
 
 
 def run_loop_lag(run: Path, pg: PgInstance, n: int, minutes: float, period: float,
-                 switch_interval: float | None) -> LoopLag:
+                 switch_interval: float | None, name_tasks: bool = False) -> LoopLag:
     import anyio
 
     from agent.app import tune_runtime
@@ -409,7 +434,7 @@ def run_loop_lag(run: Path, pg: PgInstance, n: int, minutes: float, period: floa
           + (f"one pass every {period:g} s" if period > 0 else "back to back")
           + "; load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     try:
-        return anyio.run(_loop_lag, pg, n, minutes, run / "inproc-state", period)
+        return anyio.run(_loop_lag, pg, n, minutes, run / "inproc-state", period, name_tasks)
     finally:
         print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
@@ -503,6 +528,9 @@ def main() -> int:
                          "at the sampler's interval every read still has N deltas")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="loop-lag phase: sys.setswitchinterval() instead of the agent's (seconds)")
+    ap.add_argument("--name-tasks", action="store_true",
+                    help="loop-lag phase: name the longest callback's task and where it yielded (pure-Python "
+                         "tasks: slower, for diagnosis)")
     args = ap.parse_args()
     if not 1 <= args.n <= COLUMNS * COLUMNS:
         ap.error(f"--n must be within 1..{COLUMNS * COLUMNS}")
@@ -515,7 +543,8 @@ def main() -> int:
         prepare(pg, args.n)
         ok = args.lag_only or side_by_side(run, pg, args, procs)
         if args.lag_minutes > 0:
-            lag = run_loop_lag(run, pg, args.n, args.lag_minutes, args.load_period, args.switch_interval)
+            lag = run_loop_lag(run, pg, args.n, args.lag_minutes, args.load_period, args.switch_interval,
+                               args.name_tasks)
             per_min = lag.state_bytes / 1000 / lag.minutes
             worst = max(lag.step_max_ms, default=0.0)
             print(f"\nin-process sampler, N={args.n} statements re-run, {lag.minutes:.1f} min, "

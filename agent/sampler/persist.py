@@ -98,6 +98,7 @@ def packing(e: Entries) -> Slices[dict[str, Any]]:
     keys = array("q", bytes(8 * 4 * n))  # per entry: userid, dbid, queryid, toplevel (C loops)
     for j, col in enumerate((e.users, e.dbs, e.qids, e.tops)):
         keys[j::4] = array("q", col)
+        yield None
     cols = array("d")
     for j in range(NFIELDS):  # a strided slice each: C loops, not a Python loop over 190k values
         cols.extend(e.vals[j::NFIELDS])
