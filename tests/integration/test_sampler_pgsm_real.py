@@ -73,7 +73,11 @@ def settings(bt: int = BT, mb: int = MB) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def pgsm(session_dir: Path) -> Iterator[PgInstance]:
-    pg = PgInstance(session_dir, name="pgsm-real", settings=settings())
+    yield from _bench_server(session_dir, "pgsm-real", settings())
+
+
+def _bench_server(session_dir: Path, name: str, conf: dict[str, Any]) -> Iterator[PgInstance]:
+    pg = PgInstance(session_dir, name=name, settings=conf)
     pg.start()
     try:
         pg.psql("CREATE EXTENSION pg_stat_monitor")
@@ -152,8 +156,9 @@ def test_standin_shows_what_the_real_extension_shows(pgsm: PgInstance, pg15: PgI
 class Agent(AgentProc):
     """A real agent process (kill -9 is a real kill) whose only job is the sampler."""
 
-    def __init__(self, run_dir: Path, etcd_url: str, pg: PgInstance) -> None:
-        self.pg = pg
+    def __init__(self, run_dir: Path, etcd_url: str, pg: PgInstance,
+                 sampler: str = 'source = "pg_stat_monitor"\ngrace = "1s"\ninterval = "1s"\n') -> None:
+        self.pg, self.sampler_toml = pg, sampler
         super().__init__(run_dir, etcd_url, scope=f"s{uuid.uuid4().hex[:8]}")
 
     def render(self, etcd_url: str, extra: str, name: str, scope: str, etcd_toml: str = "") -> str:
@@ -163,7 +168,7 @@ class Agent(AgentProc):
             f'[patroni]\nurl = "http://127.0.0.1:1"\n'
             f'[postgres]\nhost = "{self.pg.socket_dir}"\nport = {self.pg.port}\nuser = "{SUPERUSER}"\n'
             f'dbname = "postgres"\n'
-            f'[sampler]\nsource = "pg_stat_monitor"\ngrace = "1s"\ninterval = "1s"\ntop_n = 50\n'
+            f'[sampler]\n{self.sampler_toml}top_n = 50\n'
             f'labels = ["datname"]\n[archive]\nenabled = false\n'
             f'[http]\nlisten = "127.0.0.1:{self.port}"\n[logging]\nformat = "json"\n'
         )
@@ -251,9 +256,9 @@ def server_now(pg: PgInstance) -> float:
     return float(pg.psql("SELECT extract(epoch FROM clock_timestamp())::float8")[0][0])
 
 
-def consumed_past(a: Agent, t: float, timeout: float = 30) -> None:
+def consumed_past(a: Agent, t: float, timeout: float = 30, bt: int = BT) -> None:
     """Waits until the agent consumed the bucket holding server time `t`."""
-    b = math.floor(t / BT) * BT
+    b = math.floor(t / bt) * bt
     wait_until(lambda: (a.sampler().get("watermark") or 0) >= b, timeout, f"sampler consumed bucket {b}",
                detail=a.tail)
 
@@ -392,6 +397,43 @@ def test_real_extension_counts_equal_pgbench_and_losses_are_counted_by_reason(
     finally:
         a.stop()
         print("\n" + "\n".join(figures))  # noqa: T201
+
+
+@pytest.mark.slow
+def test_real_extension_at_its_defaults_and_the_agent_at_its_own(session_dir: Path, etcd: Etcd, run_dir: Path) -> None:
+    """The other tests shorten the buckets to 3 s; operators run the extension's 1-minute buckets
+    (10 kept) and the agent's defaults (source auto, read every 10 s, 1 s grace). One bucket of
+    pgbench and counted errors, read back exactly."""
+    pg = next(gen := _bench_server(session_dir, "pgsm-defaults",
+                                   {"shared_preload_libraries": "pg_stat_monitor,pg_stat_statements"}))
+    try:
+        assert pg.psql("SELECT current_setting('pg_stat_monitor.pgsm_bucket_time'), "
+                       "current_setting('pg_stat_monitor.pgsm_max_buckets')") == [("1min", "10")]
+        a = Agent(run_dir, etcd.url, pg, sampler="").start()
+        try:
+            wait_until(lambda: a.sampler().get("watermark") is not None, 90, "watermark primed", detail=a.tail)
+            assert a.sampler()["source"] == "pg_stat_monitor"
+            errs = threading.Thread(target=send_errors, args=(pg, 6, 4, 2, 3.0), daemon=True)
+            errs.start()
+            bench = Bench(pg, run_dir)
+            bench.run("d", 5)
+            errs.join(30)
+            consumed_past(a, server_now(pg), timeout=60 + 10 + 15, bt=60)
+            m = a.samples()
+            n = bench.count("d")
+            got = calls_by_q(m, qids(pg))
+            assert_exact_but_for_rotation_race(got, n, 5)
+            assert value(m, "pgnode_query_errors_total", elevel="21", sqlcode="22012") == 6
+            assert value(m, "pgnode_query_errors_total", elevel="21", sqlcode="42P01") == 4
+            assert value(m, "pgnode_query_warnings_total", sqlcode="25P01") == 2
+            calls = sum(v for (k, lab), v in m.items() if k == "pgnode_query_calls_total" and ("datname", "bench") in lab)
+            assert value(m, "pgnode_query_latency_seconds_count", datname="bench") == calls
+            assert sum(v for (k, _), v in m.items() if k == "pgnode_query_buckets_lost_total") == 0
+            print(f"\ndefaults (1min x 10 buckets, agent every 10 s): pgbench {n} tx; calls {got}")  # noqa: T201
+        finally:
+            a.stop()
+    finally:
+        gen.close()
 
 
 async def test_real_extension_created_but_not_preloaded_falls_back_to_pgss(pg15: PgInstance, tmp_path: Path) -> None:
