@@ -290,7 +290,7 @@ class LoopLag:
 
 
 async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, period: float,
-                    name_tasks: bool) -> LoopLag:
+                    name_tasks: bool, interval: float) -> LoopLag:
     """The sampler's real component in this process's event loop, with a probe task
     (bench/loopprobe.py) recording the loop's stalls, split by whether a sampler step was
     running. Another process re-runs the N statements back to back, so every read has up to N
@@ -307,7 +307,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
     cfg = config_mod.parse({
         "node": {"name": "bench", "state_dir": str(state_dir)}, "etcd": {"scope": "bench"},
         "postgres": {"host": str(pg.socket_dir), "port": pg.port, "user": "postgres", "dbname": "postgres"},
-        "sampler": {"source": "pg_stat_statements", "interval": f"{SAMPLER_INTERVAL:g}s"}})
+        "sampler": {"source": "pg_stat_statements", "interval": f"{interval:g}s"}})
     ctx = Context.create(cfg, CollectorRegistry())
     (comp,) = components(ctx)
     sampler: Sampler = comp.run.__self__  # type: ignore[attr-defined]
@@ -331,14 +331,17 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
         dt = (time.thread_time() - t) * 1000
         if in_step and step_cpu:
             step_cpu[-1] = max(step_cpu[-1], dt)
-            if dt > worst[0]:
-                worst[:] = [dt, where(handle)]
-            if dt > LONG_CALLBACK_MS:
-                long_cbs.append((dt, where(handle)))
+            if dt > worst[0] or dt > LONG_CALLBACK_MS:
+                at = where(handle)
+                if dt > worst[0]:
+                    worst[:] = [dt, at]
+                if dt > LONG_CALLBACK_MS:
+                    long_cbs.append((dt, at))
 
     def where(handle: asyncio.events.Handle) -> str:
-        """The callback; with --name-tasks, the task's coroutine and where it yielded after it."""
-        task = getattr(handle._callback, "__self__", None)  # a _PyTask's bound __step or __wakeup
+        """A task's callback as its coroutine and where it yielded after it. A wakeup (a future
+        done) names its task always; a plain step (after sleep(0)) only with --name-tasks."""
+        task = getattr(handle._callback, "__self__", None)  # a task's bound wakeup, or a _PyTask's step
         if not hasattr(task, "get_coro"):
             return repr(handle)[:300]
         frames, coro = [], task.get_coro()
@@ -347,7 +350,7 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
             coro = getattr(coro, "cr_await", None)
         return f"task {task.get_coro().__qualname__}, yielded at " + " -> ".join(frames[-5:])
 
-    if name_tasks:  # the pure-Python Task, whose step callbacks name their task (slower: diagnosis only)
+    if name_tasks:  # the pure-Python Task, whose step callbacks are bound methods too (slower: diagnosis only)
         asyncio.get_running_loop().set_task_factory(
             lambda loop, coro, **kw: asyncio.tasks._PyTask(coro, loop=loop, **kw))  # type: ignore[attr-defined]
 
@@ -422,7 +425,8 @@ async def _loop_lag(pg: PgInstance, n: int, minutes: float, state_dir: Path, per
 
 
 def run_loop_lag(run: Path, pg: PgInstance, n: int, minutes: float, period: float,
-                 switch_interval: float | None, name_tasks: bool = False) -> LoopLag:
+                 switch_interval: float | None, name_tasks: bool = False,
+                 interval: float = SAMPLER_INTERVAL) -> LoopLag:
     import anyio
 
     from agent.app import tune_runtime
@@ -430,11 +434,11 @@ def run_loop_lag(run: Path, pg: PgInstance, n: int, minutes: float, period: floa
     tune_runtime()  # as agent.app.run does before its event loop starts
     if switch_interval is not None:
         sys.setswitchinterval(switch_interval)
-    print(f"GIL switch interval {sys.getswitchinterval() * 1000:g} ms; load: "
+    print(f"sampler interval {interval:g} s; GIL switch interval {sys.getswitchinterval() * 1000:g} ms; load: "
           + (f"one pass every {period:g} s" if period > 0 else "back to back")
           + "; load average before: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     try:
-        return anyio.run(_loop_lag, pg, n, minutes, run / "inproc-state", period, name_tasks)
+        return anyio.run(_loop_lag, pg, n, minutes, run / "inproc-state", period, name_tasks, interval)
     finally:
         print("load average after: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
@@ -523,14 +527,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=0,
                     help="(a) then runs the N statements, two reads and 3 scrapes this many more times and "
                          "prints the agent's VmRSS (its steady state)")
-    ap.add_argument("--load-period", type=float, default=SAMPLER_INTERVAL,
-                    help="loop-lag phase: seconds between passes of the N statements (0: back to back); "
+    ap.add_argument("--sampler-interval", type=float, default=SAMPLER_INTERVAL,
+                    help="loop-lag phase: the sampler's interval (default 2 s, the worst case; the agent's is 10 s)")
+    ap.add_argument("--load-period", type=float, default=None,
+                    help="loop-lag phase: seconds between passes of the N statements (0: back to back; default the "
+                         "sampler interval); "
                          "at the sampler's interval every read still has N deltas")
     ap.add_argument("--switch-interval", type=float, default=None,
                     help="loop-lag phase: sys.setswitchinterval() instead of the agent's (seconds)")
     ap.add_argument("--name-tasks", action="store_true",
-                    help="loop-lag phase: name the longest callback's task and where it yielded (pure-Python "
-                         "tasks: slower, for diagnosis)")
+                    help="loop-lag phase: name plain task steps too, not only wakeups (pure-Python tasks: "
+                         "slower, for diagnosis)")
     args = ap.parse_args()
     if not 1 <= args.n <= COLUMNS * COLUMNS:
         ap.error(f"--n must be within 1..{COLUMNS * COLUMNS}")
@@ -543,8 +550,9 @@ def main() -> int:
         prepare(pg, args.n)
         ok = args.lag_only or side_by_side(run, pg, args, procs)
         if args.lag_minutes > 0:
-            lag = run_loop_lag(run, pg, args.n, args.lag_minutes, args.load_period, args.switch_interval,
-                               args.name_tasks)
+            period = args.sampler_interval if args.load_period is None else args.load_period
+            lag = run_loop_lag(run, pg, args.n, args.lag_minutes, period, args.switch_interval,
+                               args.name_tasks, args.sampler_interval)
             per_min = lag.state_bytes / 1000 / lag.minutes
             worst = max(lag.step_max_ms, default=0.0)
             print(f"\nin-process sampler, N={args.n} statements re-run, {lag.minutes:.1f} min, "
